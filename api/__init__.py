@@ -1,0 +1,1 @@
+"""Energy telemetry platform: HTTP API, migrations and connectors over TimescaleDB."""

@@ -1,0 +1,191 @@
+"""The migration runner: versioned SQL applied once under a checksum ledger, repeatable SQL every run."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+# pg_advisory_lock key: two runners never interleave, whichever process or host they run on.
+MIGRATION_LOCK_KEY = 0x7E1E_3E72_0001
+NO_TRANSACTION_MARKER = "-- migrate: no-transaction"
+EDITIONS = ("community", "apache")
+_FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>community|apache))?\.sql$")
+_REPEATABLE_NAME = re.compile(r"^(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>community|apache))?\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database and the SQL files disagree in a way the runner must not paper over."""
+
+
+@dataclass(frozen=True, slots=True)
+class SqlFile:
+    path: Path
+    version: int | None  # None for repeatable files
+    edition: str | None  # None: applies to both editions
+
+    @property
+    def content(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        return not self.content.lstrip().startswith(NO_TRANSACTION_MARKER)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    edition: str
+    applied: tuple[str, ...]
+    repeatable: tuple[str, ...]
+
+
+def server_edition(conn: psycopg.Connection) -> str:
+    """'community' when the server runs TimescaleDB under its Community licence, else 'apache'."""
+    license_ = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()[0]
+    return "community" if license_ == "timescale" else "apache"
+
+
+def versioned_files(sql_dir: Path, edition: str) -> list[SqlFile]:
+    """The numbered files for this edition, in order; one file per number."""
+    chosen: dict[int, SqlFile] = {}
+    for path in sorted((sql_dir / "versioned").glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: versioned files are named NNNN_name[.community|.apache].sql")
+        file_edition = match["edition"]
+        if file_edition not in (None, edition):
+            continue
+        version = int(match["version"])
+        if version in chosen:
+            raise MigrationError(f"{path}: version {version} is also {chosen[version].path.name}")
+        chosen[version] = SqlFile(path, version, file_edition)
+    return [chosen[v] for v in sorted(chosen)]
+
+
+def repeatable_files(sql_dir: Path, edition: str) -> list[SqlFile]:
+    files = []
+    for path in sorted((sql_dir / "repeatable").glob("*.sql")):
+        match = _REPEATABLE_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: repeatable files are named name[.community|.apache].sql")
+        if match["edition"] in (None, edition):
+            files.append(SqlFile(path, None, match["edition"]))
+    return files
+
+
+_LEDGER_DDL = """
+CREATE SCHEMA IF NOT EXISTS telemetry;
+CREATE TABLE IF NOT EXISTS telemetry.schema_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    edition     text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms integer     NOT NULL
+);
+"""
+
+
+def _ledger(conn: psycopg.Connection) -> dict[int, tuple[str, str, str]]:
+    exists = conn.execute("SELECT to_regclass('telemetry.schema_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return {}
+    rows = conn.execute("SELECT version, name, checksum, edition FROM telemetry.schema_migrations").fetchall()
+    return {version: (name, checksum, edition) for version, name, checksum, edition in rows}
+
+
+def check(conn: psycopg.Connection, sql_dir: Path) -> list[str]:
+    """What keeps the schema from being current: pending files, edited files, a foreign edition.
+
+    An empty list means the database is fully migrated for the files on disk.
+    """
+    problems: list[str] = []
+    edition = server_edition(conn)
+    ledger = _ledger(conn)
+    for name, _checksum, applied_edition in ledger.values():
+        if applied_edition != edition:
+            problems.append(
+                f"{name} was applied for the {applied_edition} edition but the server runs the {edition} edition"
+            )
+            break
+    on_disk = versioned_files(sql_dir, edition)
+    known = {f.version for f in on_disk}
+    for sql_file in on_disk:
+        entry = ledger.get(sql_file.version)
+        if entry is None:
+            problems.append(f"{sql_file.path.name} is not applied")
+        elif entry[1] != sql_file.checksum:
+            problems.append(
+                f"{sql_file.path.name} was edited after it was applied (checksum differs); "
+                "add a new numbered file instead"
+            )
+    for version, (name, _, _) in sorted(ledger.items()):
+        if version not in known:
+            problems.append(f"{name} is applied but missing from {sql_dir / 'versioned'}")
+    return problems
+
+
+def migrate(conninfo: str, sql_dir: Path) -> MigrationReport:
+    """Apply every pending versioned file, then every repeatable file, under an advisory lock."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.execute(_LEDGER_DDL)
+            edition = server_edition(conn)
+            problems = [p for p in check(conn, sql_dir) if not p.endswith(" is not applied")]
+            if problems:
+                raise MigrationError("; ".join(problems))
+            ledger = _ledger(conn)
+            applied = []
+            for sql_file in versioned_files(sql_dir, edition):
+                if sql_file.version in ledger:
+                    continue
+                _apply_versioned(conn, sql_file, edition)
+                applied.append(sql_file.path.name)
+            repeatable = repeatable_files(sql_dir, edition)
+            for sql_file in repeatable:
+                _run(conn, sql_file)
+            return MigrationReport(edition, tuple(applied), tuple(f.path.name for f in repeatable))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _run(conn: psycopg.Connection, sql_file: SqlFile) -> None:
+    try:
+        if sql_file.transactional:
+            with conn.transaction():
+                conn.execute(sql_file.content)
+        else:
+            conn.execute(sql_file.content)
+    except psycopg.Error as exc:
+        raise MigrationError(f"{sql_file.path.name}: {exc}") from exc
+
+
+def _apply_versioned(conn: psycopg.Connection, sql_file: SqlFile, edition: str) -> None:
+    started = time.monotonic()
+    record = (
+        "INSERT INTO telemetry.schema_migrations (version, name, checksum, edition, duration_ms) "
+        "VALUES (%s, %s, %s, %s, %s)"
+    )
+    try:
+        if sql_file.transactional:
+            with conn.transaction():
+                conn.execute(sql_file.content)
+                duration = int((time.monotonic() - started) * 1000)
+                conn.execute(record, (sql_file.version, sql_file.path.name, sql_file.checksum, edition, duration))
+            return
+        conn.execute(sql_file.content)
+    except psycopg.Error as exc:
+        raise MigrationError(f"{sql_file.path.name}: {exc}") from exc
+    duration = int((time.monotonic() - started) * 1000)
+    conn.execute(record, (sql_file.version, sql_file.path.name, sql_file.checksum, edition, duration))

@@ -1,0 +1,87 @@
+-- The write path: the API COPYs a request's readings into per-session staging tables, then one call
+-- per stream moves them into the hypertable. ON CONFLICT DO NOTHING makes a repeated reading a
+-- counted duplicate, never a second row; only newly inserted rows reach the current state (newest
+-- "time" wins, whatever the arrival order) and, on Apache, the aggregate tables.
+
+CREATE OR REPLACE FUNCTION telemetry.prepare_staging() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS meter_staging (
+        meter_id text, time timestamptz, kwh_consumed_ac double precision, voltage double precision
+    ) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS vehicle_staging (
+        vehicle_id text, time timestamptz, soc double precision,
+        kwh_delivered_dc double precision, battery_temp double precision
+    ) ON COMMIT DELETE ROWS;
+END $$;
+
+CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, OUT duplicates bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    staged bigint;
+BEGIN
+    WITH ins AS (
+        INSERT INTO telemetry.meter_readings AS r (meter_id, time, kwh_consumed_ac, voltage)
+        SELECT meter_id, time, kwh_consumed_ac, voltage
+        FROM pg_temp.meter_staging ORDER BY meter_id, time
+        ON CONFLICT DO NOTHING
+        RETURNING r.meter_id, r.time, r.kwh_consumed_ac, r.voltage
+    ), state AS (
+        INSERT INTO telemetry.meter_state AS s (meter_id, time, kwh_consumed_ac, voltage)
+        SELECT DISTINCT ON (meter_id) meter_id, time, kwh_consumed_ac, voltage
+        FROM ins ORDER BY meter_id, time DESC
+        ON CONFLICT (meter_id) DO UPDATE SET
+            time = excluded.time, kwh_consumed_ac = excluded.kwh_consumed_ac,
+            voltage = excluded.voltage, received_at = now()
+        WHERE s.time < excluded.time
+    ), energy AS (
+        SELECT telemetry.add_meter_energy(hours) FROM (
+            SELECT array_agg(ROW(meter_id, bucket, kwh, vsum, vmin, vmax, n)::telemetry.meter_energy_hourly
+                             ORDER BY meter_id, bucket) AS hours
+            FROM (SELECT meter_id, time_bucket(INTERVAL '1 hour', time) AS bucket, sum(kwh_consumed_ac) AS kwh,
+                         sum(voltage) AS vsum, min(voltage) AS vmin, max(voltage) AS vmax, count(*) AS n
+                  FROM ins GROUP BY 1, 2) g
+        ) h
+        WHERE telemetry.aggregates_maintained_by_ingest()
+    )
+    SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
+    INTO inserted, staged
+    FROM (SELECT count(*) FROM energy) e;
+    duplicates := staged - inserted;
+END $$;
+
+CREATE OR REPLACE FUNCTION telemetry.ingest_vehicle_staging(OUT inserted bigint, OUT duplicates bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    staged bigint;
+BEGIN
+    WITH ins AS (
+        INSERT INTO telemetry.vehicle_readings AS r (vehicle_id, time, soc, kwh_delivered_dc, battery_temp)
+        SELECT vehicle_id, time, soc, kwh_delivered_dc, battery_temp
+        FROM pg_temp.vehicle_staging ORDER BY vehicle_id, time
+        ON CONFLICT DO NOTHING
+        RETURNING r.vehicle_id, r.time, r.soc, r.kwh_delivered_dc, r.battery_temp
+    ), state AS (
+        INSERT INTO telemetry.vehicle_state AS s (vehicle_id, time, soc, kwh_delivered_dc, battery_temp)
+        SELECT DISTINCT ON (vehicle_id) vehicle_id, time, soc, kwh_delivered_dc, battery_temp
+        FROM ins ORDER BY vehicle_id, time DESC
+        ON CONFLICT (vehicle_id) DO UPDATE SET
+            time = excluded.time, soc = excluded.soc, kwh_delivered_dc = excluded.kwh_delivered_dc,
+            battery_temp = excluded.battery_temp, received_at = now()
+        WHERE s.time < excluded.time
+    ), energy AS (
+        SELECT telemetry.add_vehicle_energy(hours) FROM (
+            SELECT array_agg(ROW(vehicle_id, bucket, kwh, tsum, tmin, tmax, smin, smax, n)::telemetry.vehicle_energy_hourly
+                             ORDER BY vehicle_id, bucket) AS hours
+            FROM (SELECT vehicle_id, time_bucket(INTERVAL '1 hour', time) AS bucket, sum(kwh_delivered_dc) AS kwh,
+                         sum(battery_temp) AS tsum, min(battery_temp) AS tmin, max(battery_temp) AS tmax,
+                         min(soc) AS smin, max(soc) AS smax, count(*) AS n
+                  FROM ins GROUP BY 1, 2) g
+        ) h
+        WHERE telemetry.aggregates_maintained_by_ingest()
+    )
+    SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)
+    INTO inserted, staged
+    FROM (SELECT count(*) FROM energy) e;
+    duplicates := staged - inserted;
+END $$;

@@ -48,12 +48,6 @@ class MigrationReport:
     repeatable: tuple[str, ...]
 
 
-def server_edition(conn: psycopg.Connection) -> str:
-    """'community' when the server runs TimescaleDB under its Community licence, else 'apache'."""
-    license_ = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()[0]
-    return "community" if license_ == "timescale" else "apache"
-
-
 def versioned_files(sql_dir: Path, edition: str) -> list[SqlFile]:
     """The numbered files for this edition, in order; one file per number."""
     chosen: dict[int, SqlFile] = {}
@@ -95,22 +89,34 @@ CREATE TABLE IF NOT EXISTS telemetry.schema_migrations (
 """
 
 
-def _ledger(conn: psycopg.Connection) -> dict[int, tuple[str, str, str]]:
-    exists = conn.execute("SELECT to_regclass('telemetry.schema_migrations') IS NOT NULL").fetchone()[0]
-    if not exists:
-        return {}
-    rows = conn.execute("SELECT version, name, checksum, edition FROM telemetry.schema_migrations").fetchall()
+LEDGER_QUERY = """
+SELECT current_setting('timescaledb.license', true),
+       coalesce(json_agg(json_build_array(version, name, checksum, edition)), '[]')
+FROM telemetry.schema_migrations
+"""
+LICENSE_QUERY = "SELECT current_setting('timescaledb.license', true), '[]'::json"
+
+
+def edition_of_license(license_: str | None) -> str:
+    return "community" if license_ == "timescale" else "apache"
+
+
+def _ledger(conn: psycopg.Connection) -> tuple[str, dict[int, tuple[str, str, str]]]:
+    has_ledger = conn.execute("SELECT to_regclass('telemetry.schema_migrations') IS NOT NULL").fetchone()[0]
+    license_, rows = conn.execute(LEDGER_QUERY if has_ledger else LICENSE_QUERY).fetchone()
+    return edition_of_license(license_), ledger_from_rows(rows)
+
+
+def ledger_from_rows(rows: list[list]) -> dict[int, tuple[str, str, str]]:
     return {version: (name, checksum, edition) for version, name, checksum, edition in rows}
 
 
-def check(conn: psycopg.Connection, sql_dir: Path) -> list[str]:
+def compare(edition: str, ledger: dict[int, tuple[str, str, str]], sql_dir: Path) -> list[str]:
     """What keeps the schema from being current: pending files, edited files, a foreign edition.
 
     An empty list means the database is fully migrated for the files on disk.
     """
     problems: list[str] = []
-    edition = server_edition(conn)
-    ledger = _ledger(conn)
     for name, _checksum, applied_edition in ledger.values():
         if applied_edition != edition:
             problems.append(
@@ -134,6 +140,10 @@ def check(conn: psycopg.Connection, sql_dir: Path) -> list[str]:
     return problems
 
 
+def check(conn: psycopg.Connection, sql_dir: Path) -> list[str]:
+    return compare(*_ledger(conn), sql_dir)
+
+
 def migrate(conninfo: str, sql_dir: Path) -> MigrationReport:
     """Apply every pending versioned file, then every repeatable file, under an advisory lock."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -141,11 +151,10 @@ def migrate(conninfo: str, sql_dir: Path) -> MigrationReport:
         try:
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
             conn.execute(_LEDGER_DDL)
-            edition = server_edition(conn)
-            problems = [p for p in check(conn, sql_dir) if not p.endswith(" is not applied")]
+            edition, ledger = _ledger(conn)
+            problems = [p for p in compare(edition, ledger, sql_dir) if not p.endswith(" is not applied")]
             if problems:
                 raise MigrationError("; ".join(problems))
-            ledger = _ledger(conn)
             applied = []
             for sql_file in versioned_files(sql_dir, edition):
                 if sql_file.version in ledger:

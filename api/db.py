@@ -1,0 +1,33 @@
+"""The database pool: one per process, created closed and opened in the app's lifespan."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from api.settings import Settings
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    # Each connection gets its own staging tables for the COPY write path.
+    await conn.execute("SELECT telemetry.prepare_staging()")
+    await conn.commit()
+
+
+def create_pool(settings: Settings) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_s,
+        kwargs={
+            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            "application_name": "telemetry-api",
+            "connect_timeout": max(1, int(settings.pool_timeout_s)),
+        },
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,  # keep trying to reconnect for as long as the database is away
+        open=False,
+        name="telemetry",
+    )

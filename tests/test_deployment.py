@@ -1,0 +1,91 @@
+"""The Docker Compose file and the TimescaleDB installer, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from api.settings import PROJECT_ROOT
+
+INSTALLER = PROJECT_ROOT / "scripts" / "install-timescaledb.sh"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_pins_a_community_timescaledb_image_with_a_healthcheck() -> None:
+    db = _compose()["services"]["db"]
+    image, tag = db["image"].split(":")
+    assert image == "timescale/timescaledb"
+    assert tag.endswith("-pg17") and tag[0].isdigit() and "latest" not in tag
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    host_ports = [p.split(":")[-2] for p in db["ports"]]
+    assert all(p.replace("${DB_HOST_PORT:-", "").rstrip("}") != "5432" for p in host_ports)
+
+
+def test_compose_runs_migrations_once_before_the_api() -> None:
+    services = _compose()["services"]
+    assert services["migrate"]["command"] == ["python", "-m", "api", "migrate"]
+    assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["migrate"]["restart"] == "no"
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "/health/ready" in " ".join(services["api"]["healthcheck"]["test"])
+    for name in ("migrate", "api"):
+        assert "@db:5432/telemetry" in services[name]["environment"]["DATABASE_URL"]
+
+
+def test_compose_keeps_the_load_generator_behind_a_profile() -> None:
+    services = _compose()["services"]
+    assert services["loadgen"]["profiles"] == ["loadgen"]
+    assert services["loadgen"]["command"][:3] == ["python", "-m", "loadgen"]
+    assert "http://api:8000" in services["loadgen"]["command"]
+    assert services["loadgen"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_compose_builds_images_from_the_project_dockerfile() -> None:
+    services = _compose()["services"]
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert all(services[name]["build"] == "." for name in ("migrate", "api", "loadgen"))
+    assert "COPY sql ./sql" in dockerfile and "SQL_DIR=/app/sql" in dockerfile
+
+
+def _mirror(apt_etc: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(INSTALLER), "--print-mirror"], capture_output=True, text=True,
+                          env={**os.environ, "APT_ETC": str(apt_etc)})
+
+
+def test_installer_takes_the_mirror_from_deb822_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    result = _mirror(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "http://mirror.example/debian"
+
+
+def test_installer_takes_the_mirror_from_a_one_line_sources_list(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64] http://local.example/debian-security bookworm-security main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://local.example/debian bookworm main\n"
+    )
+    result = _mirror(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "http://local.example/debian"
+
+
+def test_installer_without_a_mirror_points_to_docker_compose(tmp_path: Path) -> None:
+    result = _mirror(tmp_path)
+    assert result.returncode == 1
+    assert "docker compose" in result.stderr.lower()
+
+
+def test_installer_is_a_no_op_when_timescaledb_is_installed() -> None:
+    result = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "building" not in result.stderr

@@ -22,7 +22,7 @@ def hash_secret(secret: str) -> bytes:
 
 
 def split_key(api_key: str) -> tuple[str, str]:
-    parts = api_key.split("_")
+    parts = api_key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
         raise KeyFormatError("malformed API key")
     return parts[1], parts[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db"]
+pytest_plugins = ["tests.fix_db", "tests.fix_api"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

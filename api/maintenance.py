@@ -1,0 +1,41 @@
+"""Retention on the Apache edition: no policies there, so the API runs telemetry.run_maintenance()
+periodically; an advisory lock keeps several API processes from doing it at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.settings import Settings
+
+log = logging.getLogger("api.maintenance")
+_LOCK_KEY = 0x7E1E_3E72_0002
+
+
+async def run_maintenance_once(pool: AsyncConnectionPool, settings: Settings) -> int | None:
+    """Drop expired chunks; None when another process holds the lock or the edition has policies."""
+    async with pool.connection(timeout=settings.pool_timeout_s) as conn, conn.transaction():
+        cur = await conn.execute("SELECT current_setting('timescaledb.license', true), pg_try_advisory_xact_lock(%s)",
+                                 (_LOCK_KEY,))
+        license_, locked = await cur.fetchone()
+        if license_ == "timescale" or not locked:
+            return None
+        cur = await conn.execute("SELECT count(*) FROM telemetry.run_maintenance(%s, %s)",
+                                 (settings.raw_retention, settings.hourly_retention))
+        (dropped,) = await cur.fetchone()
+    if dropped:
+        log.info("maintenance dropped %d expired chunks", dropped)
+    return dropped
+
+
+async def run_maintenance_periodically(pool: AsyncConnectionPool, settings: Settings) -> None:
+    if settings.maintenance_interval_s <= 0:
+        return
+    while True:
+        try:
+            await run_maintenance_once(pool, settings)
+        except Exception as exc:  # the database may be away; try again next period
+            log.warning("maintenance skipped: %s", type(exc).__name__)
+        await asyncio.sleep(settings.maintenance_interval_s)

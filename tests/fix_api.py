@@ -1,0 +1,53 @@
+"""API fixtures: the Litestar app over a test database, and API keys of each scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.auth import create_key
+from api.settings import Settings, get_settings
+from tests.fix_db import Database
+
+
+@pytest.fixture
+def api_settings(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("DATABASE_URL", database.url)
+    monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+class Keys:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ingest = create_key(url, ["ingest"])[1]
+        self.read = create_key(url, ["read"])[1]
+        self.admin = create_key(url, ["admin"])[1]
+        self.all = create_key(url, ["ingest", "read", "admin"])[1]
+
+    @staticmethod
+    def header(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def keys(database: Database) -> Keys:
+    return Keys(database.url)
+
+
+def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    """Rows in every table a request can write to."""
+    tables = ("meter_readings", "vehicle_readings", "meter_state", "vehicle_state", "vehicle_meter_links")
+    return {t: conn.execute(f"SELECT count(*) FROM telemetry.{t}").fetchone()[0] for t in tables}

@@ -1,0 +1,194 @@
+"""Ingestion over HTTP: every accepted shape, deduplication, current state and links."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from litestar.testing import TestClient
+
+from tests.fix_api import Keys, count_rows
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def meter(i: int = 0, minutes_ago: int = 10, meter_id: str = "MTR-0001", kwh: float = 0.125) -> dict:
+    return {"meterId": meter_id, "kwhConsumedAc": kwh + i / 1000, "voltage": 229.5 + i % 3,
+            "timestamp": iso(NOW - timedelta(minutes=minutes_ago + i))}
+
+
+def vehicle(i: int = 0, minutes_ago: int = 10, vehicle_id: str = "EV-0001", kwh: float = 0.11) -> dict:
+    return {"vehicleId": vehicle_id, "soc": 40.0 + i / 10, "kwhDeliveredDc": kwh + i / 1000,
+            "batteryTemp": 25.5 + i / 100, "timestamp": iso(NOW - timedelta(minutes=minutes_ago + i))}
+
+
+def post(client: TestClient, path: str, body: object, key: str, content_type: str = "application/json"):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.post(path, content=data, headers={**Keys.header(key), "Content-Type": content_type})
+
+
+def test_a_single_meter_reading_is_stored_exactly_as_sent(client: TestClient, keys: Keys, conn) -> None:
+    reading = {"meterId": "MTR-0001", "kwhConsumedAc": 0.1234567890123, "voltage": 230.1,
+               "timestamp": "2026-11-22T10:00:00+01:00"}
+    reading["timestamp"] = iso(NOW - timedelta(minutes=3))
+    response = post(client, "/v1/telemetry/meters", reading, keys.ingest)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"inserted": 1, "duplicates": 0}
+    row = conn.execute("SELECT meter_id, time, kwh_consumed_ac, voltage FROM telemetry.meter_readings").fetchall()
+    assert row == [("MTR-0001", NOW - timedelta(minutes=3), 0.1234567890123, 230.1)]
+
+
+def test_an_array_of_vehicle_readings_is_stored(client: TestClient, keys: Keys, conn) -> None:
+    readings = [vehicle(i) for i in range(50)]
+    response = post(client, "/v1/telemetry/vehicles", readings, keys.ingest)
+
+    assert response.json() == {"inserted": 50, "duplicates": 0}
+    total, soc_sum = conn.execute(
+        "SELECT sum(kwh_delivered_dc), sum(soc) FROM telemetry.vehicle_readings").fetchone()
+    assert total == pytest.approx(sum(r["kwhDeliveredDc"] for r in readings), rel=1e-12)
+    assert soc_sum == pytest.approx(sum(r["soc"] for r in readings), rel=1e-12)
+
+
+def test_timestamps_with_offsets_are_stored_as_instants(client: TestClient, keys: Keys, conn) -> None:
+    local = (NOW - timedelta(minutes=30)).astimezone(__import__("datetime").timezone(timedelta(hours=5, minutes=30)))
+    post(client, "/v1/telemetry/meters", {**meter(), "timestamp": local.isoformat()}, keys.ingest)
+    assert conn.execute("SELECT time FROM telemetry.meter_readings").fetchone()[0] == NOW - timedelta(minutes=30)
+
+
+def test_ndjson_is_accepted(client: TestClient, keys: Keys, conn) -> None:
+    body = "\n".join(json.dumps(meter(i)) for i in range(5)) + "\n"
+    response = post(client, "/v1/telemetry/meters", body, keys.ingest, "application/x-ndjson")
+    assert response.json() == {"inserted": 5, "duplicates": 0}
+    assert count_rows(conn)["meter_readings"] == 5
+
+
+def test_csv_with_a_header_row_is_accepted(client: TestClient, keys: Keys, conn) -> None:
+    rows = [vehicle(i) for i in range(4)]
+    header = "vehicleId,soc,kwhDeliveredDc,batteryTemp,timestamp"
+    body = header + "\n" + "\n".join(
+        f"{r['vehicleId']},{r['soc']},{r['kwhDeliveredDc']},{r['batteryTemp']},{r['timestamp']}" for r in rows)
+    response = post(client, "/v1/telemetry/vehicles", body, keys.ingest, "text/csv")
+    assert response.json() == {"inserted": 4, "duplicates": 0}
+    stored = conn.execute("SELECT kwh_delivered_dc FROM telemetry.vehicle_readings ORDER BY time DESC").fetchall()
+    assert [r[0] for r in stored] == [r["kwhDeliveredDc"] for r in rows]
+
+
+def test_a_mixed_batch_is_split_by_shape(client: TestClient, keys: Keys, conn) -> None:
+    response = post(client, "/v1/telemetry", [meter(0), vehicle(0), meter(1), vehicle(1), vehicle(2)], keys.ingest)
+    assert response.json() == {"inserted": 5, "duplicates": 0}
+    counts = count_rows(conn)
+    assert (counts["meter_readings"], counts["vehicle_readings"]) == (2, 3)
+
+
+def test_a_repeated_batch_stores_nothing_new_and_reports_duplicates(client: TestClient, keys: Keys, conn) -> None:
+    batch = [meter(i) for i in range(20)]
+    assert post(client, "/v1/telemetry/meters", batch, keys.ingest).json() == {"inserted": 20, "duplicates": 0}
+    assert post(client, "/v1/telemetry/meters", batch, keys.ingest).json() == {"inserted": 0, "duplicates": 20}
+    overlapping = batch[10:] + [meter(i) for i in range(20, 25)]
+    assert post(client, "/v1/telemetry/meters", overlapping, keys.ingest).json() == {"inserted": 5, "duplicates": 10}
+    assert count_rows(conn)["meter_readings"] == 25
+
+
+def test_duplicates_inside_one_batch_are_counted_once(client: TestClient, keys: Keys, conn) -> None:
+    response = post(client, "/v1/telemetry/meters", [meter(0), meter(0), meter(1)], keys.ingest)
+    assert response.json() == {"inserted": 2, "duplicates": 1}
+    assert count_rows(conn)["meter_readings"] == 2
+
+
+def test_duplicates_never_reach_the_aggregates(client: TestClient, keys: Keys, conn) -> None:
+    batch = [meter(i, minutes_ago=120) for i in range(30)]
+    for _ in range(3):
+        post(client, "/v1/telemetry/meters", batch, keys.ingest)
+    aggregated = conn.execute(
+        "SELECT sum(kwh_consumed_ac), sum(readings) FROM telemetry.meter_energy_hourly").fetchone()
+    raw = conn.execute("SELECT sum(kwh_consumed_ac), count(*) FROM telemetry.meter_readings").fetchone()
+    assert aggregated[1] == raw[1] == 30
+    assert aggregated[0] == pytest.approx(raw[0], rel=1e-9)
+    daily = conn.execute("SELECT sum(kwh_consumed_ac), sum(readings) FROM telemetry.meter_energy_daily").fetchone()
+    assert daily[1] == 30 and daily[0] == pytest.approx(raw[0], rel=1e-9)
+
+
+def test_status_keeps_the_newest_reading_whatever_the_arrival_order(client: TestClient, keys: Keys) -> None:
+    newest = vehicle(0, minutes_ago=1)
+    post(client, "/v1/telemetry/vehicles", [newest], keys.ingest)
+    post(client, "/v1/telemetry/vehicles", [vehicle(i, minutes_ago=5) for i in range(5)], keys.ingest)
+
+    status = client.get("/v1/vehicles/EV-0001/status", headers=Keys.header(keys.read))
+    assert status.status_code == 200
+    body = status.json()
+    assert body["timestamp"].startswith(newest["timestamp"][:19])
+    assert body["soc"] == newest["soc"] and body["kwhDeliveredDc"] == newest["kwhDeliveredDc"]
+
+    post(client, "/v1/telemetry/meters", [meter(0, minutes_ago=9)], keys.ingest)
+    post(client, "/v1/telemetry/meters", [meter(0, minutes_ago=2, kwh=0.5)], keys.ingest)
+    body = client.get("/v1/meters/MTR-0001/status", headers=Keys.header(keys.read)).json()
+    assert body["kwhConsumedAc"] == 0.5 and body["meterId"] == "MTR-0001"
+
+
+def test_status_of_an_unknown_device_is_404(client: TestClient, keys: Keys) -> None:
+    for path in ("/v1/meters/NOPE/status", "/v1/vehicles/NOPE/status"):
+        response = client.get(path, headers=Keys.header(keys.read))
+        assert response.status_code == 404
+        assert "NOPE" in response.json()["message"]
+
+
+def test_a_vehicle_is_linked_relinked_and_its_history_kept(client: TestClient, keys: Keys, conn) -> None:
+    headers = Keys.header(keys.ingest)
+    first = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1"}, headers=headers)
+    assert first.status_code == 200 and first.json() == {"vehicleId": "EV-1", "meterId": "M-1", "validFrom": None,
+                                                          "changed": True}
+    same = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1"}, headers=headers)
+    assert same.json()["changed"] is False
+    switch = iso(NOW - timedelta(hours=1))
+    relink = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-2", "validFrom": switch}, headers=headers)
+    assert relink.json()["changed"] is True and relink.json()["meterId"] == "M-2"
+
+    history = client.get("/v1/vehicles/EV-1/meter", headers=Keys.header(keys.read)).json()
+    assert history["meterId"] == "M-2"
+    assert [(p["meterId"], p["validTo"] is None) for p in history["history"]] == [("M-1", False), ("M-2", True)]
+    assert conn.execute("SELECT count(*) FROM telemetry.vehicle_meter_links").fetchone()[0] == 2
+
+
+def test_links_can_be_made_in_bulk(client: TestClient, keys: Keys, conn) -> None:
+    links = [{"vehicleId": f"EV-{i}", "meterId": f"M-{i}"} for i in range(100)]
+    response = client.put("/v1/vehicles/meters", json=links, headers=Keys.header(keys.ingest))
+    assert response.json() == {"linked": 100, "changed": 100}
+    assert conn.execute("SELECT count(DISTINCT vehicle_id) FROM telemetry.vehicle_meter_links").fetchone()[0] == 100
+    again = client.put("/v1/vehicles/meters", json=links, headers=Keys.header(keys.ingest))
+    assert again.json() == {"linked": 100, "changed": 0}
+
+
+def test_a_relink_before_the_current_link_started_is_a_conflict(client: TestClient, keys: Keys) -> None:
+    headers = Keys.header(keys.ingest)
+    client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1", "validFrom": iso(NOW)}, headers=headers)
+    response = client.put("/v1/vehicles/EV-1/meter",
+                          json={"meterId": "M-2", "validFrom": iso(NOW - timedelta(days=1))}, headers=headers)
+    assert response.status_code == 409
+    assert "EV-1" in response.json()["message"]
+
+
+def test_the_aggregates_equal_the_raw_readings(client: TestClient, keys: Keys, conn: psycopg.Connection) -> None:
+    import random
+
+    rng = random.Random(7)
+    readings = [meter(0, minutes_ago=rng.randrange(1, 600), meter_id=f"M-{rng.randrange(5)}",
+                      kwh=rng.random()) for _ in range(400)]
+    post(client, "/v1/telemetry/meters", readings, keys.ingest)
+    post(client, "/v1/telemetry/meters", readings[::3], keys.ingest)  # retries
+    compare = conn.execute(
+        """SELECT r.meter_id, r.bucket, r.kwh, a.kwh_consumed_ac, r.n, a.readings
+           FROM (SELECT meter_id, time_bucket('1 hour', time) bucket, sum(kwh_consumed_ac) kwh, count(*) n
+                 FROM telemetry.meter_readings GROUP BY 1, 2) r
+           FULL JOIN telemetry.meter_energy_hourly a USING (meter_id, bucket)"""
+    ).fetchall()
+    assert compare
+    for _, _, raw_kwh, agg_kwh, raw_n, agg_n in compare:
+        assert raw_n == agg_n
+        assert agg_kwh == pytest.approx(raw_kwh, rel=1e-9)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 from litestar.testing import TestClient
@@ -51,3 +58,58 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     """Rows in every table a request can write to."""
     tables = ("meter_readings", "vehicle_readings", "meter_state", "vehicle_state", "vehicle_meter_links")
     return {t: conn.execute(f"SELECT count(*) FROM telemetry.{t}").fetchone()[0] for t in tables}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`python -m api serve` in a subprocess, as users run it."""
+
+    def __init__(self, database_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "api", "serve", "--port", str(self.port)],
+            env={**os.environ, "DATABASE_URL": database_url, "MAINTENANCE_INTERVAL_S": "0", **env},
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the API did not start: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def live_server_factory(database: Database) -> Iterator:
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        servers.append(LiveServer(database.url, **env))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -57,7 +57,7 @@ test: venv timescaledb ## Run the whole test suite against every TimescaleDB edi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: venv timescaledb ## Run the benchmarks (prints a table, writes bench-results/*.json)
+bench: venv db ## Run the benchmarks (prints a table, writes bench-results/*.json)
 	$(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: stop-db

@@ -1,0 +1,1 @@
+"""Benchmarks: HTTP ingestion against the direct psycopg pipeline, analytics latency, EnergyGrid pull."""

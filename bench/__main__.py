@@ -1,0 +1,54 @@
+"""`make bench`: prints a table and writes bench-results/bench-<time>.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from api.settings import PROJECT_ROOT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", choices=["ingest", "analytics", "energygrid"], action="append")
+    parser.add_argument("--devices", type=int, default=10_000, help="meters, and as many vehicles")
+    parser.add_argument("--minutes", type=int, default=20, help="readings per device in the ingest benchmark")
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes")
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    args = parser.parse_args()
+    sections = args.only or ["ingest"]
+    console = Console()
+    results: dict[str, object] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    if "ingest" in sections:
+        from bench import ingest
+
+        console.print("[bold]ingest[/]: HTTP bulk ingestion against the direct psycopg pipeline ...")
+        r = ingest.run(args.devices, args.minutes, args.batch_size, args.concurrency, args.workers, args.server)
+        results["ingest"] = r
+        table = Table(title=f"Bulk ingestion: {r['rows']:,} readings, {r['batch_size']} a request, "
+                            f"{r['concurrency']} concurrent clients, {r['server']} x{r['workers']}")
+        for column in ("pipeline", "rows/s", "request p50 ms", "request p99 ms"):
+            table.add_column(column, justify="right")
+        table.add_row("direct psycopg (COPY + ingest function)", f"{r['direct_rows_per_s']:,}", "", "")
+        table.add_row("HTTP API (JSON, auth, validation, COPY)", f"{r['http_rows_per_s']:,}",
+                      str(r["http_request_p50_ms"]), str(r["http_request_p99_ms"]))
+        table.add_row("ratio HTTP / direct", f"{r['ratio']:.0%}", "", "")
+        console.print(table)
+
+    out = PROJECT_ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    console.print(f"results written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Benchmark environment: fresh databases on the configured server, and the API as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from api.migrations import migrate
+from api.settings import get_settings
+
+
+def fresh_database(name: str) -> str:
+    """Drop and recreate database `name` on the configured server, migrate it, return its URL."""
+    base = conninfo_to_dict(get_settings().database_url)
+    admin = make_conninfo(**{**base, "dbname": "postgres"})
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(**{**base, "dbname": name})
+    migrate(url, get_settings().sql_dir)
+    return url
+
+
+def edition(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        license_ = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()[0]
+    return "community" if license_ == "timescale" else "apache"
+
+
+def create_key(url: str) -> str:
+    from api.auth import create_key as create
+
+    return create(url, ["ingest", "read", "admin"], "bench")[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiProcess:
+    """The API served as users serve it; `server` picks the ASGI server for comparisons."""
+
+    def __init__(self, url: str, workers: int = 1, server: str = "granian", **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        if server == "granian":
+            command = [sys.executable, "-m", "api", "serve", "--port", str(self.port), "--workers", str(workers)]
+        else:
+            command = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(self.port),
+                       "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+        self.process = subprocess.Popen(
+            command, env={**os.environ, "DATABASE_URL": url, "MAINTENANCE_INTERVAL_S": "0", **env},
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the API did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+    def __enter__(self) -> ApiProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

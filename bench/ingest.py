@@ -1,0 +1,113 @@
+"""HTTP bulk ingestion with full semantics against the same SQL work done directly over psycopg."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import msgspec
+
+from api.ingest import ingest_batch
+from api.readings import Batch, MeterReading, VehicleReading
+from bench.env import ApiProcess, create_key, fresh_database
+
+
+@dataclass
+class Workload:
+    batches: list[Batch]
+    bodies: list[tuple[str, bytes]]
+    rows: int
+
+
+def build_workload(devices: int, minutes: int, batch_size: int) -> Workload:
+    """`devices` meters and as many vehicles, one reading a minute each, in batches of one stream."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
+    meters = [MeterReading(f"MTR-{d:05d}", 0.05 + (d % 17) / 1000, 229.0 + d % 5, start + timedelta(minutes=m))
+              for m in range(minutes) for d in range(devices)]
+    vehicles = [VehicleReading(f"EV-{d:05d}", 20 + (m % 80), 0.045 + (d % 13) / 1000, 25 + d % 9,
+                               start + timedelta(minutes=m))
+                for m in range(minutes) for d in range(devices)]
+    batches, bodies = [], []
+    for i in range(0, len(meters), batch_size):
+        batches.append(Batch(meters=meters[i:i + batch_size]))
+        bodies.append(("/v1/telemetry/meters", msgspec.json.encode(meters[i:i + batch_size])))
+        batches.append(Batch(vehicles=vehicles[i:i + batch_size]))
+        bodies.append(("/v1/telemetry/vehicles", msgspec.json.encode(vehicles[i:i + batch_size])))
+    return Workload(batches, bodies, len(meters) + len(vehicles))
+
+
+async def _run_direct(url: str, workload: Workload, concurrency: int) -> float:
+    from api.db import create_pool
+    from api.settings import Settings
+
+    pool = create_pool(Settings(database_url=url, pool_min_size=concurrency, pool_max_size=concurrency,
+                                pool_timeout_s=30))
+    await pool.open(wait=True)
+    queue = list(reversed(workload.batches))
+    inserted = 0
+
+    async def worker() -> None:
+        nonlocal inserted
+        while queue:
+            result = await ingest_batch(pool, queue.pop(), timeout=30)
+            inserted += result.inserted
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    assert inserted == workload.rows, (inserted, workload.rows)
+    return elapsed
+
+
+async def _run_http(base_url: str, key: str, workload: Workload, concurrency: int) -> tuple[float, list[float]]:
+    queue = list(reversed(workload.bodies))
+    latencies: list[float] = []
+    inserted = 0
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal inserted
+        while queue:
+            path, body = queue.pop()
+            t0 = time.perf_counter()
+            response = await client.post(path, content=body, headers=headers)
+            latencies.append(time.perf_counter() - t0)
+            response.raise_for_status()
+            inserted += response.json()["inserted"]
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    assert inserted == workload.rows, (inserted, workload.rows)
+    return elapsed, latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
+    workload = build_workload(devices, minutes, batch_size)
+    url = fresh_database("telemetry_bench_direct")
+    direct_s = asyncio.run(_run_direct(url, workload, concurrency))
+
+    url = fresh_database("telemetry_bench_http")
+    key = create_key(url)
+    with ApiProcess(url, workers=workers, server=server, DB_POOL_MAX=str(max(concurrency, 2))) as api:
+        http_s, latencies = asyncio.run(_run_http(api.base_url, key, workload, concurrency))
+    direct_rate, http_rate = workload.rows / direct_s, workload.rows / http_s
+    return {
+        "rows": workload.rows, "batch_size": batch_size, "concurrency": concurrency,
+        "server": server, "workers": workers,
+        "direct_rows_per_s": round(direct_rate), "http_rows_per_s": round(http_rate),
+        "ratio": round(http_rate / direct_rate, 3),
+        "http_request_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "http_request_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }

@@ -13,6 +13,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from litestar.middleware import DefineMiddleware
 
+from api.analytics import AnalyticsController
 from api.db import create_pool
 from api.devices import DeviceController
 from api.errors import EXCEPTION_HANDLERS
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     return Litestar(
-        route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController],
+        route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
+                        AnalyticsController],
         lifespan=[database],
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -242,7 +242,8 @@ def validate_batch(rows: list, limits: Limits, now: datetime | None = None) -> B
         if ts > newest:
             errors.append(RowError(index, f"more than {limits.max_future_skew} in the future", "timestamp"))
         elif ts < oldest:
-            errors.append(RowError(index, f"older than the raw retention ({limits.max_age.days} days)", "timestamp"))
+            errors.append(RowError(index, f"older than the accepted age ({limits.max_age}, the raw retention "
+                                          "less the aggregate refresh margin)", "timestamp"))
         elif type(row) is MeterReading:
             batch.meters.append(row)
         else:

@@ -58,7 +58,12 @@ class Settings:
     """How far in the future a timestamp may be (``MAX_FUTURE_SKEW_S``, seconds)."""
 
     raw_retention: timedelta = timedelta(days=30)
-    """Raw readings are kept this long; older readings are rejected (``RAW_RETENTION_DAYS``)."""
+    """Raw readings are kept this long; readings older than this minus ``late_margin`` are
+    rejected (``RAW_RETENTION_DAYS``)."""
+
+    late_margin: timedelta = timedelta(hours=1)
+    """Readings must be this much younger than the raw retention, so that the aggregate refresh
+    sees them before their chunk expires (``LATE_MARGIN_S``, seconds)."""
 
     hourly_retention: timedelta = timedelta(days=730)
     """Hourly aggregates are kept this long (``HOURLY_RETENTION_DAYS``)."""
@@ -96,6 +101,7 @@ class Settings:
             max_rows=_env_int("MAX_ROWS", 50_000),
             max_future_skew=timedelta(seconds=_env_float("MAX_FUTURE_SKEW_S", 300)),
             raw_retention=timedelta(days=_env_float("RAW_RETENTION_DAYS", 30)),
+            late_margin=timedelta(seconds=_env_float("LATE_MARGIN_S", 3600)),
             hourly_retention=timedelta(days=_env_float("HOURLY_RETENTION_DAYS", 730)),
             maintenance_interval_s=_env_float("MAINTENANCE_INTERVAL_S", 3600.0),
             retry_after_s=_env_int("RETRY_AFTER_S", 1),

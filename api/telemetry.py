@@ -24,7 +24,7 @@ async def _ingest(request: Request, state: State, stream: str | None) -> IngestR
     try:
         rows = parse_body(body, request.headers.get("content-type", ""), stream)
         batch: Batch = validate_batch(
-            rows, Limits(settings.max_rows, settings.max_future_skew, settings.raw_retention)
+            rows, Limits(settings.max_rows, settings.max_future_skew, settings.raw_retention - settings.late_margin)
         )
     except BadInput:
         READINGS.labels(stream or "mixed", "rejected_request").inc()

@@ -51,7 +51,7 @@ CATALOGUE = [
      "timestamp"),
     ("naive-timestamp", M, [with_field(meter(0), timestamp="2026-11-22T10:00:00")], "application/json", 422, 0,
      "timestamp"),
-    ("far-future", M, [meter(0), with_field(meter(1), timestamp=iso(NOW + timedelta(minutes=6)))],
+    ("far-future", M, [meter(0), with_field(meter(1), timestamp=iso(NOW + timedelta(hours=1)))],
      "application/json", 422, 1, "timestamp"),
     ("older-than-retention", M, [with_field(meter(0), timestamp=iso(NOW - timedelta(days=31)))],
      "application/json", 422, 0, "timestamp"),

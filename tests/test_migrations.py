@@ -227,7 +227,7 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
     for proc, relation, config in jobs:
         by_kind.setdefault(proc, {})[relation] = config
     assert set(by_kind["policy_refresh_continuous_aggregate"]) == set(AGGREGATE_COLUMNS)
-    assert by_kind["policy_refresh_continuous_aggregate"]["meter_energy_hourly"]["start_offset"] == "7 days"
+    assert by_kind["policy_refresh_continuous_aggregate"]["meter_energy_hourly"]["start_offset"] == "30 days"
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["meter_energy_hourly"]["drop_after"] == "2 years"

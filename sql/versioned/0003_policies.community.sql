@@ -1,14 +1,18 @@
 -- Refresh, retention and compression policies (Community edition).
 --
--- Refresh windows stay inside the retention of what they read: the hourly aggregates refresh the
--- last 7 days (raw data is kept 30), the daily ones the last 35 days (hourly data is kept 2 years).
--- A refresh over a range whose raw data is gone would erase aggregate rows.
+-- Refresh windows stay inside the retention of what they read, because a refresh over a range whose
+-- raw data is gone would erase aggregate rows. The hourly aggregates refresh the last 30 days, as far
+-- back as raw data is kept: retention drops only chunks that end before now - 30 days, so every hour
+-- in the window still has its raw data, and a reading that arrives up to 30 days late (the API
+-- accepts them until one hour before they expire) is materialized before its chunk is dropped.
+-- Refreshes only recompute ranges invalidated by late data, so the long window costs nothing while
+-- data arrives in order. The daily aggregates read the hourly ones (kept 2 years) over 35 days.
 
 SELECT add_continuous_aggregate_policy('telemetry.meter_energy_hourly',
-    start_offset => INTERVAL '7 days', end_offset => INTERVAL '1 hour',
+    start_offset => INTERVAL '30 days', end_offset => INTERVAL '1 hour',
     schedule_interval => INTERVAL '5 minutes');
 SELECT add_continuous_aggregate_policy('telemetry.vehicle_energy_hourly',
-    start_offset => INTERVAL '7 days', end_offset => INTERVAL '1 hour',
+    start_offset => INTERVAL '30 days', end_offset => INTERVAL '1 hour',
     schedule_interval => INTERVAL '5 minutes');
 SELECT add_continuous_aggregate_policy('telemetry.meter_energy_daily',
     start_offset => INTERVAL '35 days', end_offset => INTERVAL '1 day',

@@ -1,0 +1,195 @@
+"""Efficiency analytics endpoints. The logic lives in SQL (sql/repeatable/50_analytics.sql); this
+module composes the calls with SQLAlchemy Core and serves the answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.params import Parameter, QueryParameter
+from sqlalchemy import ARRAY, Float, Integer, Interval, Text, bindparam, column, func, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import DateTime
+
+from api.devices import PathDeviceId
+from api.readings import BadInput
+from api.security import requires
+from api.settings import Settings, get_settings
+
+BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "1w": timedelta(weeks=1)}
+MAX_SERIES_BUCKETS = 10_000
+_DIALECT = postgresql.psycopg.dialect()
+
+_window = (bindparam("from", type_=DateTime(timezone=True)), bindparam("to", type_=DateTime(timezone=True)))
+_thresholds = (bindparam("healthy", type_=Float), bindparam("degraded", type_=Float),
+               bindparam("min_ac_kwh", type_=Float))
+
+_performance = func.telemetry.vehicle_performance(
+    *_window, bindparam("vehicles", type_=ARRAY(Text)), *_thresholds
+).table_valued(
+    "vehicle_id", "meter_id", "linked", "ac_kwh", "dc_kwh", "loss_kwh", "efficiency", "avg_battery_temp",
+    "meter_readings", "vehicle_readings", "verdict",
+)
+_fleet = func.telemetry.fleet_summary(*_window, bindparam("worst", type_=Integer), *_thresholds).table_valued(
+    "vehicles", "linked_vehicles", "ac_kwh", "dc_kwh", "loss_kwh", "efficiency", "unlinked_dc_kwh",
+    "meter_readings", "vehicle_readings", "verdicts", "worst",
+)
+_series = func.telemetry.vehicle_series(
+    bindparam("vehicle", type_=Text), *_window, bindparam("bucket", type_=Interval)
+).table_valued("bucket", "ac_kwh", "dc_kwh", "efficiency", "avg_battery_temp", "meter_readings", "vehicle_readings")
+
+
+def _compile(statement: Any) -> str:
+    return str(statement.compile(dialect=_DIALECT))
+
+
+PERFORMANCE_SQL = _compile(select(_performance))
+FLEET_SQL = _compile(select(_fleet))
+SERIES_SQL = _compile(select(_series))
+# Plain SQL for the existence of a vehicle anywhere: readings or links.
+VEHICLE_EXISTS_SQL = """
+SELECT EXISTS (SELECT 1 FROM telemetry.vehicle_state WHERE vehicle_id = %(vehicle)s)
+    OR EXISTS (SELECT 1 FROM telemetry.vehicle_meter_links WHERE vehicle_id = %(vehicle)s)
+"""
+
+
+class Performance(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    meter_id: str | None
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    ac_consumed_kwh: float
+    dc_delivered_kwh: float
+    loss_kwh: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    meter_readings: int
+    vehicle_readings: int
+    verdict: str
+    note: str | None = None
+
+
+class VehicleRank(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    meter_id: str | None
+    ac_consumed_kwh: float
+    dc_delivered_kwh: float
+    loss_kwh: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    meter_readings: int
+    vehicle_readings: int
+    verdict: str
+
+
+class Fleet(msgspec.Struct, rename="camel"):
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    vehicles: int
+    linked_vehicles: int
+    ac_consumed_kwh: float
+    dc_delivered_kwh: float
+    loss_kwh: float
+    efficiency: float | None
+    unlinked_dc_delivered_kwh: float
+    meter_readings: int
+    vehicle_readings: int
+    verdicts: dict[str, int]
+    worst: list[VehicleRank]
+
+
+class SeriesPoint(msgspec.Struct, rename="camel"):
+    bucket: datetime
+    ac_consumed_kwh: float
+    dc_delivered_kwh: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    meter_readings: int
+    vehicle_readings: int
+
+
+class Series(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    bucket: str
+    points: list[SeriesPoint]
+
+
+From = Annotated[datetime | None, QueryParameter(name="from", description="Window start (RFC 3339); default: to - 24h")]
+To = Annotated[datetime | None, QueryParameter(name="to", description="Window end, exclusive (RFC 3339); default: now")]
+
+
+def _window_params(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and value.tzinfo is None:
+            raise BadInput(422, f"'{name}' needs a timezone offset, e.g. 2026-11-22T10:00:00Z")
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(hours=24)
+    if start >= end:
+        raise BadInput(422, "'from' must be before 'to'")
+    return start, end
+
+
+def _thresholds_params(settings: Settings) -> dict[str, float]:
+    return {"healthy": settings.verdict_healthy, "degraded": settings.verdict_degraded,
+            "min_ac_kwh": settings.verdict_min_ac_kwh}
+
+
+async def _fetch(state: State, sql: str, params: dict[str, Any]) -> list[tuple]:
+    async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+class AnalyticsController(Controller):
+    path = "/v1/analytics"
+    tags = ["analytics"]
+    guards = [requires("read")]
+
+    @get("/performance/{vehicle_id:str}", summary="Charging efficiency of one vehicle over a window")
+    async def performance(self, state: State, vehicle_id: PathDeviceId, start: From = None,
+                          end: To = None) -> Performance:
+        start, end = _window_params(start, end)
+        settings = get_settings()
+        rows = await _fetch(state, PERFORMANCE_SQL, {"from": start, "to": end, "vehicles": [vehicle_id],
+                                                     **_thresholds_params(settings)})
+        if not rows:
+            (known,) = (await _fetch(state, VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id}))[0]
+            if not known:
+                raise NotFoundException(f"no readings and no meter link for vehicle {vehicle_id!r}")
+            rows = [(vehicle_id, None, False, 0.0, 0.0, 0.0, None, None, 0, 0, "insufficient_data")]
+        (vid, meter_id, linked, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict) = rows[0]
+        note = None if linked else (
+            f"vehicle {vid!r} has no meter link in this window; link it with PUT /v1/vehicles/{vid}/meter")
+        return Performance(vid, meter_id, start, end, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict, note)
+
+    @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers")
+    async def fleet(self, state: State, start: From = None, end: To = None,
+                    worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Fleet:
+        start, end = _window_params(start, end)
+        rows = await _fetch(state, FLEET_SQL, {"from": start, "to": end, "worst": worst,
+                                               **_thresholds_params(get_settings())})
+        (vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts, ranked) = rows[0]
+        return Fleet(
+            start, end, vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts,
+            [VehicleRank(r["vehicle_id"], r["meter_id"], r["ac_kwh"], r["dc_kwh"], r["loss_kwh"], r["efficiency"],
+                         r["avg_battery_temp"], r["meter_readings"], r["vehicle_readings"], r["verdict"])
+             for r in ranked],
+        )
+
+    @get("/vehicles/{vehicle_id:str}/series", summary="AC, DC, efficiency and battery temperature per bucket")
+    async def series(self, state: State, vehicle_id: PathDeviceId, start: From = None, end: To = None,
+                     bucket: Annotated[str, Parameter(description="1h, 1d or 1w")] = "1h") -> Series:
+        start, end = _window_params(start, end)
+        if bucket not in BUCKETS:
+            raise BadInput(422, f"bucket must be one of {', '.join(BUCKETS)}")
+        if (end - start) / BUCKETS[bucket] > MAX_SERIES_BUCKETS:
+            raise BadInput(422, f"more than {MAX_SERIES_BUCKETS} buckets: use a larger bucket or a smaller window")
+        rows = await _fetch(state, SERIES_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
+                                                "bucket": BUCKETS[bucket]})
+        return Series(vehicle_id, start, end, bucket, [SeriesPoint(*row) for row in rows])

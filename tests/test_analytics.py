@@ -1,0 +1,266 @@
+"""Analytics over HTTP equal the same computation over the raw readings, for any window, on every
+edition; verdicts; answers after retention; query plans."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar.testing import TestClient
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from tests.fix_api import Keys
+from tests.reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
+from tests.test_ingest import iso
+
+HOUR = timedelta(hours=1)
+# Three whole days of history ending two hours ago: windows cross hour and day boundaries.
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3, hours=2)
+SPAN = timedelta(days=3)
+NUMBERS = ("acConsumedKwh", "dcDeliveredKwh", "lossKwh", "efficiency", "avgBatteryTemp")
+
+
+def close(actual: float | None, expected: float | None) -> bool:
+    if expected is None or actual is None:
+        return actual is expected
+    return actual == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def send(client: TestClient, key: str, meters: list[MeterRow], vehicles: list[VehicleRow]) -> None:
+    body = [{"meterId": m.meter_id, "kwhConsumedAc": m.kwh, "voltage": m.voltage, "timestamp": iso(m.time)}
+            for m in meters]
+    body += [{"vehicleId": v.vehicle_id, "soc": v.soc, "kwhDeliveredDc": v.kwh, "batteryTemp": v.battery_temp,
+              "timestamp": iso(v.time)} for v in vehicles]
+    for i in range(0, len(body), 2000):
+        response = client.post("/v1/telemetry", json=body[i:i + 2000], headers=Keys.header(key))
+        assert response.status_code == 200, response.text
+
+
+def refresh_aggregates(conn: psycopg.Connection, edition: str) -> None:
+    """Community: what the refresh policies do. Apache: nothing to do, the ingest kept them exact."""
+    if edition != "community":
+        return
+    jobs = conn.execute(
+        """SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'
+           ORDER BY hypertable_name LIKE '%daily'"""  # hourly first, then the daily ones built on them
+    ).fetchall()
+    for (job,) in jobs:
+        conn.execute("CALL run_job(%s)", (job,))
+
+
+def check_performance(client: TestClient, key: str, store: Store, vehicle: str, start: datetime,
+                      end: datetime) -> None:
+    response = client.get(f"/v1/analytics/performance/{vehicle}", params={"from": iso(start), "to": iso(end)},
+                          headers=Keys.header(key))
+    assert response.status_code == 200, response.text
+    got, want = response.json(), store.performance(vehicle, start, end)
+    for field in NUMBERS:
+        assert close(got[field], want[field]), (field, start, end, got, want)
+    for field in ("meterId", "meterReadings", "vehicleReadings", "verdict"):
+        assert got[field] == want[field], (field, start, end, got, want)
+
+
+def random_window(rng: random.Random) -> tuple[datetime, datetime]:
+    a = T0 - HOUR + timedelta(seconds=rng.randrange(int((SPAN + 2 * HOUR).total_seconds())))
+    b = T0 - HOUR + timedelta(seconds=rng.randrange(int((SPAN + 2 * HOUR).total_seconds())))
+    if rng.random() < 0.3:  # aligned edges too
+        a = a.replace(minute=0, second=0)
+    return (min(a, b), max(a, b) + timedelta(seconds=1))
+
+
+def make_history(rng: random.Random, meters: int = 2, vehicles: int = 2, per_device: int = 300) -> Store:
+    def minute() -> datetime:
+        return T0 + timedelta(minutes=rng.randrange(int(SPAN.total_seconds() // 60)), seconds=rng.randrange(60))
+
+    meter_rows = dedupe([MeterRow(f"M-{rng.randrange(meters)}", minute(), rng.uniform(0, 2), rng.uniform(200, 250))
+                         for _ in range(meters * per_device)], key=lambda r: (r.meter_id, r.time))
+    vehicle_rows = dedupe([VehicleRow(f"V-{rng.randrange(vehicles)}", minute(), rng.uniform(0, 100),
+                                      rng.uniform(0, 1.9), rng.uniform(-10, 60))
+                           for _ in range(vehicles * per_device)], key=lambda r: (r.vehicle_id, r.time))
+    switch = T0 + timedelta(hours=rng.randrange(1, 70), minutes=rng.randrange(60))
+    links = [LinkPeriod("V-0", "M-0", None, None), LinkPeriod("V-1", "M-1", None, switch),
+             LinkPeriod("V-1", "M-0", switch, None)]
+    return Store(meter_rows, vehicle_rows, links)
+
+
+def load(client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str, store: Store,
+         rng: random.Random) -> None:
+    """Out of order, with duplicates, and a late share arriving after the aggregates were refreshed."""
+    for link in store.links:
+        body = {"meterId": link.meter_id}
+        if link.start:
+            body["validFrom"] = iso(link.start)
+        assert client.put(f"/v1/vehicles/{link.vehicle_id}/meter", json=body,
+                          headers=Keys.header(keys.ingest)).status_code == 200
+    meters, vehicles = store.meters[:], store.vehicles[:]
+    rng.shuffle(meters)
+    rng.shuffle(vehicles)
+    late_m, late_v = meters[: len(meters) // 5], vehicles[: len(vehicles) // 5]
+    send(client, keys.ingest, meters[len(late_m):], vehicles[len(late_v):])
+    refresh_aggregates(conn, edition)
+    send(client, keys.ingest, late_m + meters[::7], late_v + vehicles[::5])  # late rows and retries
+    refresh_aggregates(conn, edition)
+
+
+@pytest.fixture
+def loaded(client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str) -> Store:
+    rng = random.Random(20261122)
+    store = make_history(rng)
+    load(client, keys, conn, edition, store, rng)
+    return store
+
+
+def test_performance_equals_the_raw_computation_for_many_windows(client, keys, loaded: Store) -> None:
+    rng = random.Random(1)
+    windows = [random_window(rng) for _ in range(60)]
+    windows += [(T0, T0 + SPAN), (T0 + timedelta(minutes=30), T0 + timedelta(minutes=50)),
+                (T0 + timedelta(hours=5, minutes=1), T0 + timedelta(days=2, hours=3, seconds=7))]
+    for start, end in windows:
+        for vehicle in ("V-0", "V-1"):
+            check_performance(client, keys.read, loaded, vehicle, start, end)
+
+
+def test_series_equals_the_raw_computation(client, keys, loaded: Store) -> None:
+    rng = random.Random(2)
+    for bucket, size in (("1h", HOUR), ("1d", timedelta(days=1)), ("1w", timedelta(weeks=1))):
+        for start, end in [random_window(rng) for _ in range(6)] + [(T0, T0 + SPAN)]:
+            response = client.get("/v1/analytics/vehicles/V-1/series",
+                                  params={"from": iso(start), "to": iso(end), "bucket": bucket},
+                                  headers=Keys.header(keys.read))
+            assert response.status_code == 200, response.text
+            got, want = response.json()["points"], loaded.series("V-1", start, end, size)
+            assert [datetime.fromisoformat(p["bucket"]) for p in got] == [p["bucket"] for p in want]
+            for g, w in zip(got, want, strict=True):
+                for field in ("acConsumedKwh", "dcDeliveredKwh", "efficiency", "avgBatteryTemp"):
+                    assert close(g[field], w[field]), (bucket, field, g, w)
+                assert (g["meterReadings"], g["vehicleReadings"]) == (w["meterReadings"], w["vehicleReadings"])
+
+
+def test_fleet_equals_the_raw_computation(client, keys, loaded: Store) -> None:
+    rng = random.Random(3)
+    for start, end in [random_window(rng) for _ in range(8)] + [(T0, T0 + SPAN)]:
+        response = client.get("/v1/analytics/fleet", params={"from": iso(start), "to": iso(end), "worst": 5},
+                              headers=Keys.header(keys.read))
+        assert response.status_code == 200, response.text
+        fleet = response.json()
+        per_vehicle = {v: loaded.performance(v, start, end) for v in loaded.vehicle_ids(start, end)}
+        linked = [p for p in per_vehicle.values() if p["meterId"] is not None]
+        ac, dc = sum(p["acConsumedKwh"] for p in linked), sum(p["dcDeliveredKwh"] for p in linked)
+        assert fleet["vehicles"] == len(per_vehicle) and fleet["linkedVehicles"] == len(linked)
+        assert close(fleet["acConsumedKwh"], ac) and close(fleet["dcDeliveredKwh"], dc)
+        assert close(fleet["efficiency"], dc / ac if ac > 0 else None)
+        for verdict_name, count in fleet["verdicts"].items():
+            assert count == sum(p["verdict"] == verdict_name for p in per_vehicle.values())
+        ranked = sorted((p for p in per_vehicle.values() if p["verdict"] in ("healthy", "degraded", "faulty")),
+                        key=lambda p: (p["efficiency"], p["vehicleId"]))[:5]
+        assert [w["vehicleId"] for w in fleet["worst"]] == [p["vehicleId"] for p in ranked]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), per_device=st.integers(1, 200),
+       windows=st.lists(st.tuples(st.integers(-3600, 3 * 86400 + 3600), st.integers(1, 3 * 86400 + 7200)),
+                        min_size=1, max_size=8))
+def test_property_any_history_any_window(pg_server, edition, monkeypatch, seed: int, per_device: int,
+                                         windows: list[tuple[int, int]]) -> None:
+    """Random histories (duplicates, out of order, late rows, a relink) and random unaligned windows."""
+    from api.app import create_app
+    from api.settings import get_settings
+
+    dbname = f"prop_{seed}_{per_device}_{random.randrange(10**9)}"
+    with DatabaseJanitor(user=pg_server.user, host=pg_server.host, port=pg_server.port, dbname=dbname,
+                         template_dbname=pg_server.template_dbname, password=pg_server.password):
+        url = f"host={pg_server.host} port={pg_server.port} user={pg_server.user} dbname={dbname}"
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
+        get_settings.cache_clear()
+        rng = random.Random(seed)
+        store = make_history(rng, per_device=per_device)
+        with TestClient(create_app(get_settings())) as client, psycopg.connect(url, autocommit=True) as conn:
+            keys = Keys(url)
+            load(client, keys, conn, edition, store, rng)
+            for offset, length in windows:
+                start = T0 + timedelta(seconds=offset)
+                for vehicle in ("V-0", "V-1"):
+                    check_performance(client, keys.read, store, vehicle, start, start + timedelta(seconds=length))
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("ac", "dc", "expected"), [
+    (10.0, 8.5, "healthy"), (10.0, 8.4999, "degraded"), (10.0, 7.5, "degraded"), (10.0, 7.4999, "faulty"),
+    (10.0, 10.0, "healthy"), (10.0, 10.0001, "anomaly"), (0.0999, 0.05, "insufficient_data"),
+    (0.1, 0.09, "healthy"), (10.0, 0.0, "faulty"),
+])
+def test_verdict_boundaries(client, keys, conn, ac: float, dc: float, expected: str) -> None:
+    at = T0 + timedelta(minutes=17)
+    client.put("/v1/vehicles/V-9/meter", json={"meterId": "M-9"}, headers=Keys.header(keys.ingest))
+    body = [{"meterId": "M-9", "kwhConsumedAc": ac, "voltage": 230, "timestamp": iso(at)},
+            {"vehicleId": "V-9", "soc": 50, "kwhDeliveredDc": dc, "batteryTemp": 30, "timestamp": iso(at)}]
+    assert client.post("/v1/telemetry", json=body, headers=Keys.header(keys.ingest)).status_code == 200
+    answer = client.get("/v1/analytics/performance/V-9", params={"from": iso(T0), "to": iso(T0 + HOUR)},
+                        headers=Keys.header(keys.read)).json()
+    assert answer["verdict"] == expected
+    assert close(answer["efficiency"], dc / ac)
+    assert close(answer["lossKwh"], ac - dc)
+
+
+def test_a_stream_without_readings_is_insufficient_data(client, keys) -> None:
+    client.put("/v1/vehicles/V-8/meter", json={"meterId": "M-8"}, headers=Keys.header(keys.ingest))
+    at = iso(T0 + timedelta(minutes=5))
+    client.post("/v1/telemetry", json=[{"meterId": "M-8", "kwhConsumedAc": 5, "voltage": 230, "timestamp": at}],
+                headers=Keys.header(keys.ingest))
+    answer = client.get("/v1/analytics/performance/V-8", params={"from": iso(T0), "to": iso(T0 + HOUR)},
+                        headers=Keys.header(keys.read)).json()
+    assert answer["verdict"] == "insufficient_data"
+    assert (answer["meterReadings"], answer["vehicleReadings"], answer["acConsumedKwh"]) == (1, 0, 5.0)
+
+
+def test_an_unlinked_vehicle_gets_a_clear_answer(client, keys) -> None:
+    at = iso(T0 + timedelta(minutes=5))
+    client.post("/v1/telemetry", json=[{"vehicleId": "V-7", "soc": 50, "kwhDeliveredDc": 3, "batteryTemp": 30,
+                                        "timestamp": at}], headers=Keys.header(keys.ingest))
+    response = client.get("/v1/analytics/performance/V-7", params={"from": iso(T0), "to": iso(T0 + HOUR)},
+                          headers=Keys.header(keys.read))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["meterId"] is None and answer["verdict"] == "insufficient_data"
+    assert answer["dcDeliveredKwh"] == 3.0 and "PUT /v1/vehicles/V-7/meter" in answer["note"]
+    unknown = client.get("/v1/analytics/performance/NOPE", headers=Keys.header(keys.read))
+    assert unknown.status_code == 404
+
+
+def test_bad_windows_are_422(client, keys) -> None:
+    read = Keys.header(keys.read)
+    assert client.get("/v1/analytics/fleet", params={"from": iso(T0 + HOUR), "to": iso(T0)},
+                      headers=read).status_code == 422
+    assert client.get("/v1/analytics/fleet", params={"from": "2026-11-22T10:00:00"}, headers=read).status_code == 422
+    assert client.get("/v1/analytics/vehicles/V-1/series", params={"bucket": "5m"}, headers=read).status_code == 422
+    assert client.get("/v1/analytics/fleet", headers=Keys.header(keys.ingest)).status_code == 403
+
+
+def test_answers_for_old_windows_survive_raw_retention(client, keys, conn, edition: str) -> None:
+    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=29, hours=12)
+    client.put("/v1/vehicles/V-1/meter", json={"meterId": "M-1"}, headers=Keys.header(keys.ingest))
+    meters = [MeterRow("M-1", old + timedelta(minutes=m), 0.5 + m / 1000, 230) for m in range(180)]
+    vehicles = [VehicleRow("V-1", old + timedelta(minutes=m), 50, 0.45 + m / 2000, 30) for m in range(180)]
+    send(client, keys.ingest, meters, vehicles)
+    refresh_aggregates(conn, edition)
+    window = {"from": iso(old), "to": iso(old + 3 * HOUR)}
+    before = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
+    series_before = client.get("/v1/analytics/vehicles/V-1/series", params=window,
+                               headers=Keys.header(keys.read)).json()["points"]
+
+    # Two days later the raw chunk has expired: drop it as the retention policy / maintenance would.
+    conn.execute("SELECT drop_chunks('telemetry.meter_readings', older_than => %s)", (old + timedelta(days=1),))
+    conn.execute("SELECT drop_chunks('telemetry.vehicle_readings', older_than => %s)", (old + timedelta(days=1),))
+    assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 0
+
+    after = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
+    series_after = client.get("/v1/analytics/vehicles/V-1/series", params=window,
+                              headers=Keys.header(keys.read)).json()["points"]
+    assert after == before and series_after == series_before
+    assert before["meterReadings"] == 180 and close(before["acConsumedKwh"], sum(m.kwh for m in meters))

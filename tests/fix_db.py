@@ -137,3 +137,32 @@ def empty_database(pg_server: PostgreSQLExecutor, edition: str) -> Iterator[Data
 def conn(database: Database) -> Iterator[psycopg.Connection]:
     with database.connect(autocommit=True) as connection:
         yield connection
+
+
+def ingest_rows(conn: psycopg.Connection, meters: list[tuple] = (), vehicles: list[tuple] = ()) -> None:
+    """Store readings through the SQL write path the API uses (staging, then the ingest functions)."""
+    with conn.transaction():
+        conn.execute("SELECT telemetry.prepare_staging()")
+        if meters:
+            with conn.cursor().copy("COPY pg_temp.meter_staging FROM STDIN") as copy:
+                for row in meters:
+                    copy.write_row(row)
+            conn.execute("SELECT * FROM telemetry.ingest_meter_staging()")
+        if vehicles:
+            with conn.cursor().copy("COPY pg_temp.vehicle_staging FROM STDIN") as copy:
+                for row in vehicles:
+                    copy.write_row(row)
+            conn.execute("SELECT * FROM telemetry.ingest_vehicle_staging()")
+
+
+def run_refresh_policies(conn: psycopg.Connection, edition: str) -> None:
+    """Community: run the refresh policies as the scheduler would (hourly aggregates first, then the
+    daily ones built on them). Apache: nothing to do, the ingest kept the aggregate tables exact."""
+    if edition != "community":
+        return
+    jobs = conn.execute(
+        """SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'
+           ORDER BY hypertable_name LIKE '%daily', job_id"""
+    ).fetchall()
+    for (job,) in jobs:
+        conn.execute("CALL run_job(%s)", (job,))

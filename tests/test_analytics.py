@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from tests.fix_api import Keys
+from tests.fix_db import run_refresh_policies
 from tests.reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
 from tests.test_ingest import iso
 
@@ -38,18 +39,6 @@ def send(client: TestClient, key: str, meters: list[MeterRow], vehicles: list[Ve
     for i in range(0, len(body), 2000):
         response = client.post("/v1/telemetry", json=body[i:i + 2000], headers=Keys.header(key))
         assert response.status_code == 200, response.text
-
-
-def refresh_aggregates(conn: psycopg.Connection, edition: str) -> None:
-    """Community: what the refresh policies do. Apache: nothing to do, the ingest kept them exact."""
-    if edition != "community":
-        return
-    jobs = conn.execute(
-        """SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'
-           ORDER BY hypertable_name LIKE '%daily'"""  # hourly first, then the daily ones built on them
-    ).fetchall()
-    for (job,) in jobs:
-        conn.execute("CALL run_job(%s)", (job,))
 
 
 def check_performance(client: TestClient, key: str, store: Store, vehicle: str, start: datetime,
@@ -101,9 +90,9 @@ def load(client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str,
     rng.shuffle(vehicles)
     late_m, late_v = meters[: len(meters) // 5], vehicles[: len(vehicles) // 5]
     send(client, keys.ingest, meters[len(late_m):], vehicles[len(late_v):])
-    refresh_aggregates(conn, edition)
+    run_refresh_policies(conn, edition)
     send(client, keys.ingest, late_m + meters[::7], late_v + vehicles[::5])  # late rows and retries
-    refresh_aggregates(conn, edition)
+    run_refresh_policies(conn, edition)
 
 
 @pytest.fixture
@@ -248,7 +237,7 @@ def test_answers_for_old_windows_survive_raw_retention(client, keys, conn, editi
     meters = [MeterRow("M-1", old + timedelta(minutes=m), 0.5 + m / 1000, 230) for m in range(180)]
     vehicles = [VehicleRow("V-1", old + timedelta(minutes=m), 50, 0.45 + m / 2000, 30) for m in range(180)]
     send(client, keys.ingest, meters, vehicles)
-    refresh_aggregates(conn, edition)
+    run_refresh_policies(conn, edition)
     window = {"from": iso(old), "to": iso(old + 3 * HOUR)}
     before = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
     series_before = client.get("/v1/analytics/vehicles/V-1/series", params=window,

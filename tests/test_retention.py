@@ -6,16 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from tests.fix_db import Database
-
-
-def _ingest_meter_readings(conn: psycopg.Connection, rows: list[tuple]) -> None:
-    with conn.transaction():
-        conn.execute("SELECT telemetry.prepare_staging()")
-        with conn.cursor().copy("COPY pg_temp.meter_staging FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        conn.execute("SELECT * FROM telemetry.ingest_meter_staging()")
+from tests.fix_db import Database, ingest_rows
 
 
 def _hourly(conn: psycopg.Connection, meter_id: str) -> list[tuple]:
@@ -45,7 +36,7 @@ def test_retention_drops_old_raw_chunks_but_keeps_their_aggregates(database: Dat
     rows += [("M-1", recent_hour + timedelta(minutes=m), 0.5, 231.0) for m in range(60)]
 
     with database.connect(autocommit=True) as conn:
-        _ingest_meter_readings(conn, rows)
+        ingest_rows(conn, meters=rows)
         if database.edition == "community":
             conn.execute("CALL refresh_continuous_aggregate('telemetry.meter_energy_hourly', %s, %s)",
                          (old_hour - timedelta(days=1), now))

@@ -110,26 +110,42 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND (p_vehicles IS NULL OR l.vehicle_id = ANY (p_vehicles))
 $$;
 
--- AC pieces per vehicle: the linked meters' pieces over each link period. Periods sharing bounds
--- (usually all of them: links cover the whole window) are read in one set-based call.
+-- AC pieces per vehicle: the linked meters' pieces over each link period. PL/pgSQL on purpose: the
+-- meters are resolved first and passed as a plain value, so the pieces query is inlined and planned
+-- with the window bounds as constants (a subquery argument would prevent that, and with it the
+-- exclusion of chunks outside the window). Periods covering the whole window (the usual case) are
+-- read in one set-based call; only periods cut by a relink are read per period.
 CREATE OR REPLACE FUNCTION telemetry.vehicle_ac_pieces(
     p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
 RETURNS TABLE (vehicle_id text, meter_id text, piece_start timestamptz, kwh double precision, readings bigint)
-LANGUAGE sql STABLE AS $$
-    WITH periods AS (
-        SELECT * FROM telemetry.link_periods(p_from, p_to, p_vehicles)
-    ), windows AS (
-        SELECT period_from, period_to, array_agg(DISTINCT meter_id) AS meters
-        FROM periods GROUP BY period_from, period_to
-    ), pieces AS (
-        SELECT w.period_from, w.period_to, e.*
-        FROM windows w
-        CROSS JOIN LATERAL telemetry.meter_energy_pieces(w.period_from, w.period_to, w.meters, p_use_daily) e
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    whole_meters text[];
+BEGIN
+    SELECT array_agg(DISTINCT l.meter_id) INTO whole_meters
+    FROM telemetry.link_periods(p_from, p_to, p_vehicles) l
+    WHERE l.period_from = p_from AND l.period_to = p_to;
+
+    IF whole_meters IS NOT NULL THEN
+        RETURN QUERY
+        SELECT p.vehicle_id, p.meter_id, e.piece_start, e.kwh, e.readings
+        FROM telemetry.meter_energy_pieces(
+                 p_from, p_to, CASE WHEN p_vehicles IS NOT NULL THEN whole_meters END, p_use_daily) e
+        JOIN telemetry.link_periods(p_from, p_to, p_vehicles) p
+          ON p.meter_id = e.meter_id AND p.period_from = p_from AND p.period_to = p_to;
+    END IF;
+
+    RETURN QUERY
+    WITH cut AS (
+        SELECT * FROM telemetry.link_periods(p_from, p_to, p_vehicles) l
+        WHERE NOT (l.period_from = p_from AND l.period_to = p_to)
     )
     SELECT p.vehicle_id, p.meter_id, e.piece_start, e.kwh, e.readings
-    FROM periods p
-    JOIN pieces e ON e.meter_id = p.meter_id AND e.period_from = p.period_from AND e.period_to = p.period_to
-$$;
+    FROM (SELECT c.period_from, c.period_to, array_agg(DISTINCT c.meter_id) AS meters
+          FROM cut c GROUP BY c.period_from, c.period_to) w
+    CROSS JOIN LATERAL telemetry.meter_energy_pieces(w.period_from, w.period_to, w.meters, p_use_daily) e
+    JOIN cut p ON p.meter_id = e.meter_id AND p.period_from = w.period_from AND p.period_to = w.period_to;
+END $$;
 
 CREATE OR REPLACE FUNCTION telemetry.verdict(
     ac_kwh double precision, dc_kwh double precision, meter_readings bigint, vehicle_readings bigint,

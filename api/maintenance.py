@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
@@ -39,3 +40,17 @@ async def run_maintenance_periodically(pool: AsyncConnectionPool, settings: Sett
         except Exception as exc:  # the database may be away; try again next period
             log.warning("maintenance skipped: %s", type(exc).__name__)
         await asyncio.sleep(settings.maintenance_interval_s)
+
+
+def run_refresh_policies(conn: psycopg.Connection) -> int:
+    """Run the continuous-aggregate refresh policies now, as the scheduler would: hourly aggregates
+    first, then the daily ones built on them. Returns how many ran (0 on the Apache edition, whose
+    aggregate tables the ingest keeps exact). `conn` must be in autocommit mode."""
+    jobs = conn.execute(
+        """SELECT job_id FROM timescaledb_information.jobs
+           WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_schema = 'telemetry'
+           ORDER BY hypertable_name LIKE '%daily', job_id"""
+    ).fetchall()
+    for (job,) in jobs:
+        conn.execute("CALL run_job(%s)", (job,))
+    return len(jobs)

@@ -22,8 +22,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="API worker processes")
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--fleet-devices", type=int, default=10_000, help="analytics: meters, and as many vehicles")
+    parser.add_argument("--fleet-hours", type=int, default=24, help="analytics: hours of history to load")
+    parser.add_argument("--requests", type=int, default=2000, help="analytics: performance requests")
     args = parser.parse_args()
-    sections = args.only or ["ingest"]
+    sections = args.only or ["ingest", "analytics"]
     console = Console()
     results: dict[str, object] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -41,6 +44,27 @@ def main() -> None:
         table.add_row("HTTP API (JSON, auth, validation, COPY)", f"{r['http_rows_per_s']:,}",
                       str(r["http_request_p50_ms"]), str(r["http_request_p99_ms"]))
         table.add_row("ratio HTTP / direct", f"{r['ratio']:.0%}", "", "")
+        console.print(table)
+
+    if "analytics" in sections:
+        from bench import analytics
+
+        console.print(f"[bold]analytics[/]: loading {args.fleet_hours} h of {2 * args.fleet_devices:,} devices ...")
+        r = analytics.run(args.fleet_devices, args.fleet_hours, args.requests, args.concurrency)
+        results["analytics"] = r
+        table = Table(title=f"Analytics on {r['readings']:,} readings ({r['devices']:,} devices, {r['hours']} h; "
+                            f"loaded in {r['load_s']} s)")
+        for column in ("query", "p50 ms", "p99 ms", "requests/s"):
+            table.add_column(column, justify="right")
+        p, raw = r["performance_endpoint"], r["raw_computation"]
+        table.add_row(f"GET /v1/analytics/performance, 24 h, {args.concurrency} clients", str(p["p50_ms"]),
+                      str(p["p99_ms"]), str(p["requests_per_s"]))
+        table.add_row("same answer over raw readings (SQL, no HTTP)", str(raw["p50_ms"]), str(raw["p99_ms"]), "")
+        table.add_row("raw p50 / endpoint p50", f"{r['raw_p50_over_endpoint_p50']}x", "", "")
+        for label, key in (("aligned", "fleet_endpoint_aligned_24h"), ("unaligned", "fleet_endpoint_unaligned_24h")):
+            f = r[key]
+            table.add_row(f"GET /v1/analytics/fleet, 24 h {label}", str(f["p50_ms"]), str(f["p99_ms"]),
+                          str(f["requests_per_s"]))
         console.print(table)
 
     out = PROJECT_ROOT / "bench-results"

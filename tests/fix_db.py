@@ -153,16 +153,3 @@ def ingest_rows(conn: psycopg.Connection, meters: list[tuple] = (), vehicles: li
                 for row in vehicles:
                     copy.write_row(row)
             conn.execute("SELECT * FROM telemetry.ingest_vehicle_staging()")
-
-
-def run_refresh_policies(conn: psycopg.Connection, edition: str) -> None:
-    """Community: run the refresh policies as the scheduler would (hourly aggregates first, then the
-    daily ones built on them). Apache: nothing to do, the ingest kept the aggregate tables exact."""
-    if edition != "community":
-        return
-    jobs = conn.execute(
-        """SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_refresh_continuous_aggregate'
-           ORDER BY hypertable_name LIKE '%daily', job_id"""
-    ).fetchall()
-    for (job,) in jobs:
-        conn.execute("CALL run_job(%s)", (job,))

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from tests.fix_api import Keys
-from tests.fix_db import run_refresh_policies
+from api.maintenance import run_refresh_policies
 from tests.reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
 from tests.test_ingest import iso
 
@@ -90,9 +90,9 @@ def load(client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str,
     rng.shuffle(vehicles)
     late_m, late_v = meters[: len(meters) // 5], vehicles[: len(vehicles) // 5]
     send(client, keys.ingest, meters[len(late_m):], vehicles[len(late_v):])
-    run_refresh_policies(conn, edition)
+    run_refresh_policies(conn)
     send(client, keys.ingest, late_m + meters[::7], late_v + vehicles[::5])  # late rows and retries
-    run_refresh_policies(conn, edition)
+    run_refresh_policies(conn)
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_answers_for_old_windows_survive_raw_retention(client, keys, conn, editi
     meters = [MeterRow("M-1", old + timedelta(minutes=m), 0.5 + m / 1000, 230) for m in range(180)]
     vehicles = [VehicleRow("V-1", old + timedelta(minutes=m), 50, 0.45 + m / 2000, 30) for m in range(180)]
     send(client, keys.ingest, meters, vehicles)
-    run_refresh_policies(conn, edition)
+    run_refresh_policies(conn)
     window = {"from": iso(old), "to": iso(old + 3 * HOUR)}
     before = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
     series_before = client.get("/v1/analytics/vehicles/V-1/series", params=window,

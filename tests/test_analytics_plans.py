@@ -10,7 +10,8 @@ import psycopg
 from api import analytics
 from api.db import session_options
 from api.settings import Settings
-from tests.fix_db import Database, ingest_rows, run_refresh_policies
+from api.maintenance import run_refresh_policies
+from tests.fix_db import Database, ingest_rows
 
 RAW_SCANS = """
 SELECT c.chunk_name, c.range_start, c.range_end, coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0)
@@ -37,7 +38,7 @@ def test_analytics_read_raw_chunks_only_at_the_window_edges(database: Database) 
         ingest_rows(conn, meters, vehicles)
         for d in range(3):
             conn.execute("SELECT * FROM telemetry.link_vehicle(%s, %s)", (f"V-{d}", f"M-{d}"))
-        run_refresh_policies(conn, database.edition)
+        run_refresh_policies(conn)
 
     thresholds = {"healthy": 0.85, "degraded": 0.75, "min_ac_kwh": 0.1}
     queries = [

@@ -1,10 +1,12 @@
 -- Charging-efficiency analytics, exact for any window [from, to).
 --
--- A window is cut into pieces: raw readings for the partial hours at its edges, hourly aggregate
--- rows for whole hours, and (when asked) daily aggregate rows for whole UTC days. Every piece lies
+-- A window is cut into pieces: raw readings for the partial hours at its edges, materialized hourly
+-- aggregate rows for whole hours (raw readings for whole hours past the aggregate's watermark, as
+-- real-time aggregation does), and, when asked, daily rows for whole UTC days. Every piece lies
 -- inside one hour or one day, so sums over pieces equal sums over the raw readings, and grouping
 -- pieces by hour or day gives exact series. The bounds are immutable expressions of the window, so
--- TimescaleDB excludes every raw chunk outside the edges.
+-- TimescaleDB excludes every raw chunk outside the edges, and each branch starts with a guard that
+-- folds to false when its part of the window is empty, so the planner skips that branch entirely.
 
 CREATE OR REPLACE FUNCTION telemetry.hour_ceil(ts timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -42,60 +44,100 @@ CREATE OR REPLACE FUNCTION telemetry.meter_energy_pieces(
     p_from timestamptz, p_to timestamptz, p_meters text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
 RETURNS TABLE (meter_id text, piece_start timestamptz, kwh double precision,
                voltage_sum double precision, readings bigint)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE AS $$
+    WITH watermark AS MATERIALIZED (
+        SELECT telemetry.aggregate_watermark('telemetry.meter_energy_hourly') AS hourly,
+               telemetry.aggregate_watermark('telemetry.meter_energy_daily') AS daily
+    )
+    -- raw readings: the partial hours at the edges, and whole hours past the hourly watermark
     SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
     FROM telemetry.meter_readings r
-    WHERE r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
+    WHERE p_from < telemetry.head_end(p_from, p_to)
+      AND r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
       AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
     UNION ALL
+    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
+    FROM telemetry.meter_readings r
+    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
+      AND r.time >= greatest(telemetry.hour_ceil(p_from), (SELECT hourly FROM watermark))
+      AND r.time < time_bucket(INTERVAL '1 hour', p_to)
+      AND NOT (r.time >= telemetry.days_start(p_from, p_to, p_use_daily)
+               AND r.time < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
+      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
+    UNION ALL
+    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
+    FROM telemetry.meter_readings r
+    WHERE telemetry.tail_start(p_from, p_to) < p_to
+      AND r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
+      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
+    UNION ALL
+    -- materialized whole hours, outside the materialized whole days
     SELECT h.meter_id, h.bucket, h.kwh_consumed_ac, h.voltage_sum, h.readings
-    FROM telemetry.meter_energy_hourly h
-    WHERE h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
+    FROM telemetry.meter_energy_hourly_materialized h
+    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
+      AND h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
+      AND h.bucket < (SELECT hourly FROM watermark)
       AND NOT (h.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND h.bucket < telemetry.days_end(p_from, p_to, p_use_daily))
+               AND h.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
       AND (p_meters IS NULL OR h.meter_id = ANY (p_meters))
     UNION ALL
+    -- materialized whole days
     SELECT d.meter_id, d.bucket, d.kwh_consumed_ac, d.voltage_sum, d.readings
-    FROM telemetry.meter_energy_daily d
-    WHERE p_use_daily
+    FROM telemetry.meter_energy_daily_materialized d
+    WHERE telemetry.days_start(p_from, p_to, p_use_daily) < telemetry.days_end(p_from, p_to, p_use_daily)
       AND d.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-      AND d.bucket < telemetry.days_end(p_from, p_to, p_use_daily)
+      AND d.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark))
       AND (p_meters IS NULL OR d.meter_id = ANY (p_meters))
-    UNION ALL
-    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
-    FROM telemetry.meter_readings r
-    WHERE r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
-      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.vehicle_energy_pieces(
     p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
 RETURNS TABLE (vehicle_id text, piece_start timestamptz, kwh double precision,
                battery_temp_sum double precision, readings bigint)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE AS $$
+    WITH watermark AS MATERIALIZED (
+        SELECT telemetry.aggregate_watermark('telemetry.vehicle_energy_hourly') AS hourly,
+               telemetry.aggregate_watermark('telemetry.vehicle_energy_daily') AS daily
+    )
+    -- raw readings: the partial hours at the edges, and whole hours past the hourly watermark
     SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
     FROM telemetry.vehicle_readings r
-    WHERE r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
+    WHERE p_from < telemetry.head_end(p_from, p_to)
+      AND r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
       AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
     UNION ALL
+    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
+    FROM telemetry.vehicle_readings r
+    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
+      AND r.time >= greatest(telemetry.hour_ceil(p_from), (SELECT hourly FROM watermark))
+      AND r.time < time_bucket(INTERVAL '1 hour', p_to)
+      AND NOT (r.time >= telemetry.days_start(p_from, p_to, p_use_daily)
+               AND r.time < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
+      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
+    UNION ALL
+    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
+    FROM telemetry.vehicle_readings r
+    WHERE telemetry.tail_start(p_from, p_to) < p_to
+      AND r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
+      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
+    UNION ALL
+    -- materialized whole hours, outside the materialized whole days
     SELECT h.vehicle_id, h.bucket, h.kwh_delivered_dc, h.battery_temp_sum, h.readings
-    FROM telemetry.vehicle_energy_hourly h
-    WHERE h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
+    FROM telemetry.vehicle_energy_hourly_materialized h
+    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
+      AND h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
+      AND h.bucket < (SELECT hourly FROM watermark)
       AND NOT (h.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND h.bucket < telemetry.days_end(p_from, p_to, p_use_daily))
+               AND h.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
       AND (p_vehicles IS NULL OR h.vehicle_id = ANY (p_vehicles))
     UNION ALL
+    -- materialized whole days
     SELECT d.vehicle_id, d.bucket, d.kwh_delivered_dc, d.battery_temp_sum, d.readings
-    FROM telemetry.vehicle_energy_daily d
-    WHERE p_use_daily
+    FROM telemetry.vehicle_energy_daily_materialized d
+    WHERE telemetry.days_start(p_from, p_to, p_use_daily) < telemetry.days_end(p_from, p_to, p_use_daily)
       AND d.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-      AND d.bucket < telemetry.days_end(p_from, p_to, p_use_daily)
+      AND d.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark))
       AND (p_vehicles IS NULL OR d.vehicle_id = ANY (p_vehicles))
-    UNION ALL
-    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
-    FROM telemetry.vehicle_readings r
-    WHERE r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
-      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
 $$;
 
 -- The link periods of each vehicle clipped to the window: AC is read from the meter that fed the
@@ -121,10 +163,12 @@ RETURNS TABLE (vehicle_id text, meter_id text, piece_start timestamptz, kwh doub
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     whole_meters text[];
+    has_cut boolean;
 BEGIN
-    SELECT array_agg(DISTINCT l.meter_id) INTO whole_meters
-    FROM telemetry.link_periods(p_from, p_to, p_vehicles) l
-    WHERE l.period_from = p_from AND l.period_to = p_to;
+    SELECT array_agg(DISTINCT l.meter_id) FILTER (WHERE l.period_from = p_from AND l.period_to = p_to),
+           bool_or(NOT (l.period_from = p_from AND l.period_to = p_to))
+    INTO whole_meters, has_cut
+    FROM telemetry.link_periods(p_from, p_to, p_vehicles) l;
 
     IF whole_meters IS NOT NULL THEN
         RETURN QUERY
@@ -135,6 +179,9 @@ BEGIN
           ON p.meter_id = e.meter_id AND p.period_from = p_from AND p.period_to = p_to;
     END IF;
 
+    IF NOT has_cut THEN
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH cut AS (
         SELECT * FROM telemetry.link_periods(p_from, p_to, p_vehicles) l

@@ -1,4 +1,4 @@
-"""Command line: migrate, serve, keys, maintain."""
+"""Command line: migrate, serve, keys, maintain, energygrid."""
 
 from __future__ import annotations
 
@@ -71,6 +71,23 @@ def _maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _energygrid_pull(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from api.energygrid import PullConfig, default_serials, pull_once
+
+    config = PullConfig(url=args.url, token=args.token, serials=tuple(default_serials(args.devices)),
+                        min_interval_s=args.min_interval)
+    while True:
+        started = time.monotonic()
+        report = pull_once(config, get_settings().database_url, Path(args.out))
+        print(report.text(), flush=True)
+        if not args.every:
+            return 1 if report.missing else 0
+        time.sleep(max(0.0, args.every - (time.monotonic() - started)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     revoke.set_defaults(func=_keys_revoke)
 
     commands.add_parser("maintain", help="apply retention now (drops expired chunks)").set_defaults(func=_maintain)
+
+    energygrid = commands.add_parser("energygrid", help="the EnergyGrid vendor connector").add_subparsers(
+        dest="energygrid_command", required=True)
+    pull = energygrid.add_parser("pull", help="fetch every device once (or every N seconds) and store the readings")
+    pull.add_argument("--url", required=True, help="vendor API base URL")
+    pull.add_argument("--token", default="interview_token_123")
+    pull.add_argument("--out", required=True, help="directory for the JSON export and the text report")
+    pull.add_argument("--every", type=float, help="poll forever, every SECONDS")
+    pull.add_argument("--devices", type=int, default=500, help="serials SN-000 onwards")
+    pull.add_argument("--min-interval", type=float, default=1.02, help="seconds between requests (vendor: 1/s)")
+    pull.set_defaults(func=_energygrid_pull)
 
     args = parser.parse_args(argv)
     return args.func(args)

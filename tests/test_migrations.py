@@ -41,9 +41,10 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
 
     assert report.edition == empty_database.edition
     assert report.applied == (
-        ("0001_readings.sql", "0002_energy_aggregates.community.sql", "0003_policies.community.sql")
+        ("0001_readings.sql", "0002_energy_aggregates.community.sql", "0003_policies.community.sql",
+         "0004_energygrid.sql", "0005_energygrid_policies.community.sql")
         if empty_database.edition == "community"
-        else ("0001_readings.sql", "0002_energy_aggregates.apache.sql")
+        else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql")
     )
     with empty_database.connect() as conn:
         ledger = conn.execute("SELECT version, name, edition FROM telemetry.schema_migrations ORDER BY 1").fetchall()

@@ -12,6 +12,7 @@ BEGIN
     FOR target IN
         SELECT * FROM (VALUES ('telemetry.meter_readings', raw_retention),
                               ('telemetry.vehicle_readings', raw_retention),
+                              ('telemetry.energygrid_readings', raw_retention),
                               ('telemetry.meter_energy_hourly', hourly_retention),
                               ('telemetry.vehicle_energy_hourly', hourly_retention)) AS t(rel, keep)
     LOOP

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in (("simulate", "simulate the fleet in (sped-up) real time"),
+                       ("backfill", "send hours of history as fast as the server takes it")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--url", required=True, help="the platform's base URL")
+        sub.add_argument("--api-key", default=os.environ.get("API_KEY"), help="a key with ingest,read (or API_KEY)")
+        sub.add_argument("--meters", type=int, default=10_000)
+        sub.add_argument("--vehicles", type=int, default=10_000)
+        sub.add_argument("--speedup", type=float, default=1.0)
+        sub.add_argument("--duration", default="10m", help="wall-clock length of a simulation: 90s, 10m, 1h")
+        sub.add_argument("--hours", type=float, default=24.0, help="history to backfill")
+        sub.add_argument("--seed", type=int, default=1)
+        sub.add_argument("--batch-size", type=int, default=1000)
+        sub.add_argument("--concurrency", type=int, default=4)
+        sub.add_argument("--duplicate-rate", type=float, default=0.0)
+        sub.add_argument("--out-of-order-rate", type=float, default=0.0)
+        sub.add_argument("--late-rate", type=float, default=0.0)
+        sub.add_argument("--report", type=Path, help="write the final report as JSON")
+        sub.add_argument("--verify", action="store_true", help="check storage and analytics afterwards")
+        sub.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
+                         help="for --verify (or DATABASE_URL)")
 
     mock = commands.add_parser("energygrid-mock", help="serve the mock EnergyGrid vendor API")
     mock.add_argument("--port", type=int, default=3000)
@@ -22,6 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--seed", type=int, default=7)
 
     args = parser.parse_args(argv)
+    if args.command in ("simulate", "backfill"):
+        from loadgen.run import RunOptions, parse_duration, run
+
+        if not args.api_key:
+            parser.error("an API key is needed: --api-key or API_KEY")
+        if args.meters != args.vehicles:
+            parser.error("each meter feeds one vehicle's charger: --meters and --vehicles must be equal")
+        if args.verify and not args.database_url:
+            parser.error("--verify also reads the database: --database-url or DATABASE_URL")
+        report = run(RunOptions(
+            url=args.url, api_key=args.api_key, devices=args.meters, mode=args.command, speedup=args.speedup,
+            duration_s=parse_duration(args.duration), hours=args.hours, seed=args.seed, batch_size=args.batch_size,
+            concurrency=args.concurrency, duplicate_rate=args.duplicate_rate, out_of_order_rate=args.out_of_order_rate,
+            late_rate=args.late_rate, report_path=args.report, verify=args.verify, database_url=args.database_url))
+        failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
+        return 1 if failed else 0
     if args.command == "energygrid-mock":
         from loadgen.energygrid_mock import MockConfig, serve
 

@@ -1,0 +1,130 @@
+"""A simulate or backfill run: register the links, generate the fleet's minutes, send them with the
+requested mess, pace them (simulate) or not (backfill), report and optionally verify."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from loadgen.fleet import Fleet, Mess, meter_id, vehicle_id
+from loadgen.sender import Sender
+from loadgen.verify import verify
+
+
+@dataclass
+class RunOptions:
+    url: str
+    api_key: str
+    devices: int = 10_000
+    mode: str = "simulate"
+    speedup: float = 1.0
+    duration_s: float = 60.0
+    hours: float = 1.0
+    seed: int = 1
+    batch_size: int = 1000
+    concurrency: int = 4
+    duplicate_rate: float = 0.0
+    out_of_order_rate: float = 0.0
+    late_rate: float = 0.0
+    report_path: Path | None = None
+    verify: bool = False
+    database_url: str | None = None
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
+    fleet = Fleet(opts.devices, seed=opts.seed)
+    mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)
+    sender = Sender(opts.url, opts.api_key, opts.concurrency)
+    now = datetime.now(UTC).replace(microsecond=0)
+    if opts.mode == "backfill":
+        minutes = int(opts.hours * 60)
+        start = now.replace(second=0) - timedelta(minutes=minutes)
+        minute_wall = 0.0
+    else:
+        minutes = max(1, math.ceil(opts.duration_s * opts.speedup / 60))
+        minute_wall = 60.0 / opts.speedup
+        # The simulated clock meets the wall clock at the end, so no timestamp is in the future.
+        start = now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes)
+    end = start + timedelta(minutes=minutes)
+
+    links = [{"vehicleId": vehicle_id(i), "meterId": meter_id(i)} for i in range(opts.devices)]
+    for i in range(0, len(links), 5000):
+        response = await sender.request("PUT", "/v1/vehicles/meters", links[i:i + 5000])
+        if response.status_code != 200:
+            raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
+
+    generated: dict[str, tuple[int, float]] = {}
+    t0 = time.monotonic()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(opts.mode, total=minutes, status="")
+        for m in range(minutes):
+            readings = fleet.minute(start, m)
+            for r in readings:
+                device = r.get("meterId") or r["vehicleId"]
+                n, total = generated.get(device, (0, 0.0))
+                generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
+            outgoing = mess.apply(m, readings)
+            if m == minutes - 1:
+                outgoing += mess.flush()
+            slices = max(1, math.ceil(len(outgoing) / opts.batch_size))
+            for s in range(slices):
+                if minute_wall:  # spread the minute's readings over the minute, as devices would
+                    due = t0 + (m + s / slices) * minute_wall
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await sender.submit(outgoing[s * opts.batch_size:(s + 1) * opts.batch_size])
+            st = sender.stats
+            progress.update(task, advance=1, status=f"sent {st.sent:,}  inserted {st.inserted:,}  "
+                                                    f"dup {st.duplicates:,}  rejected {st.rejected:,}  "
+                                                    f"failed {st.failed:,}")
+        await sender.drain()
+    report = {"mode": opts.mode, "devices": 2 * opts.devices, "minutes": minutes, "window": {
+        "from": start.isoformat(), "to": end.isoformat()}, **sender.stats.report()}
+    await sender.close()
+
+    if opts.verify:
+        if before_verify:
+            before_verify()
+        charged = {vehicle_id(i) for i in range(opts.devices) if generated[meter_id(i)][1] >= 0.1}
+        with httpx.Client(base_url=opts.url, headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=120) as api:
+            problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=opts.devices,
+                              generated=generated, inserted=report["inserted"], failed=report["failed"],
+                              charged_faulty=fleet.faulty_vehicles & charged)
+        report["verification"] = {"passed": not problems, "problems": problems,
+                                  "planted_faulty": sorted(fleet.faulty_vehicles & charged)}
+    return report
+
+
+def run(opts: RunOptions, console: Console | None = None, before_verify: Callable[[], None] | None = None) -> dict:
+    console = console or Console(stderr=True)
+    report = asyncio.run(_run(opts, console, before_verify))
+    lat = report["latency_ms"]
+    console.print(
+        f"[bold]{opts.mode} done[/]: sent {report['sent']:,}, inserted {report['inserted']:,}, duplicates "
+        f"{report['duplicates']:,}, rejected {report['rejected']:,}, failed {report['failed']:,}; "
+        f"{report['rows_per_s']:,} rows/s; latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms; "
+        f"errors by status {report['errors_by_status'] or 'none'}")
+    if "verification" in report:
+        v = report["verification"]
+        console.print("[bold green]verification passed[/]" if v["passed"] else
+                      "[bold red]verification FAILED[/]:\n  " + "\n  ".join(v["problems"]))
+    if opts.report_path:
+        opts.report_path.write_text(json.dumps(report, indent=2))
+    return report

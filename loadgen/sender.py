@@ -1,0 +1,115 @@
+"""Sends readings to the platform in batches with bounded concurrency, retries 429/503/connection
+errors with backoff and jitter (honouring Retry-After), and keeps the run's statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+RETRYABLE_STATUS = {429, 502, 503, 504}
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    accepted_keys: set = field(default_factory=set)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def report(self) -> dict:
+        elapsed = time.monotonic() - self.started
+        return {
+            "sent": self.sent, "inserted": self.inserted, "duplicates": self.duplicates,
+            "rejected": self.rejected, "failed": self.failed, "requests": self.requests, "retries": self.retries,
+            "elapsed_s": round(elapsed, 2), "rows_per_s": round(self.sent / elapsed, 1) if elapsed else 0.0,
+            "latency_ms": {f"p{int(q * 100)}": round(self.percentile(q) * 1000, 1) for q in (0.5, 0.95, 0.99)},
+            "errors_by_status": {str(k): v for k, v in sorted(self.statuses.items()) if k != 200},
+        }
+
+
+class Sender:
+    def __init__(self, url: str, api_key: str, concurrency: int, max_attempts: int = 8,
+                 track_accepted: bool = False) -> None:
+        self.client = httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {api_key}"},
+                                        limits=httpx.Limits(max_connections=concurrency))
+        self.slots = asyncio.Semaphore(concurrency)
+        self.max_attempts = max_attempts
+        self.stats = Stats()
+        self.track_accepted = track_accepted
+        self.rng = random.Random()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def request(self, method: str, path: str, body: object) -> httpx.Response:
+        """One call with retries; raises after max_attempts."""
+        delay = 0.2
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                t0 = time.perf_counter()
+                response = await self.client.request(method, path, json=body)
+                self.stats.latencies.append(time.perf_counter() - t0)
+                self.stats.requests += 1
+                self.stats.statuses[response.status_code] += 1
+                if response.status_code not in RETRYABLE_STATUS:
+                    return response
+                wait = float(response.headers.get("retry-after") or delay)
+            except httpx.TransportError:
+                self.stats.statuses["connection_error"] += 1
+                wait = delay
+            if attempt == self.max_attempts:
+                break
+            self.stats.retries += 1
+            await asyncio.sleep(wait + self.rng.uniform(0, delay))
+            delay = min(delay * 2, 10.0)
+        raise RuntimeError(f"{method} {path}: gave up after {self.max_attempts} attempts")
+
+    async def _send_batch(self, batch: list[dict]) -> None:
+        try:
+            response = await self.request("POST", "/v1/telemetry", batch)
+        except RuntimeError:
+            self.stats.failed += len(batch)
+            return
+        finally:
+            self.slots.release()
+        if response.status_code == 200:
+            body = response.json()
+            self.stats.inserted += body["inserted"]
+            self.stats.duplicates += body["duplicates"]
+            if self.track_accepted:
+                for r in batch:
+                    self.stats.accepted_keys.add((r.get("meterId") or r.get("vehicleId"), r["timestamp"]))
+        else:
+            self.stats.rejected += len(batch)
+
+    async def submit(self, batch: list[dict]) -> None:
+        """Waits for a free slot, then sends in the background."""
+        await self.slots.acquire()
+        self.stats.sent += len(batch)
+        task = asyncio.create_task(self._send_batch(batch))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks))
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.client.aclose()

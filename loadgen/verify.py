@@ -1,0 +1,79 @@
+"""After a run: every reading the server accepted is stored exactly once, the analytics equal the
+generated energy, and the faulty chargers the analytics flag are the ones the generator planted."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+import psycopg
+
+from loadgen.fleet import meter_id, vehicle_id
+
+
+def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: int,
+           generated: dict[str, tuple[int, float]], inserted: int, failed: int,
+           charged_faulty: set[str]) -> list[str]:
+    """Returns the problems found; empty means verified. `generated` maps each device to the count and
+    kWh sum of the unique readings generated for it."""
+    problems: list[str] = []
+    if failed:
+        problems.append(f"{failed} readings were never accepted by the server")
+    expected_rows = sum(n for n, _ in generated.values())
+    if inserted != expected_rows:
+        problems.append(f"the server reported {inserted} new readings for {expected_rows} unique ones sent")
+    ids_m = [meter_id(i) for i in range(devices)]
+    ids_v = [vehicle_id(i) for i in range(devices)]
+    stored: dict[str, tuple[int, float]] = {}
+    with psycopg.connect(database_url) as conn:
+        for table, column, kwh, ids in (("meter_readings", "meter_id", "kwh_consumed_ac", ids_m),
+                                        ("vehicle_readings", "vehicle_id", "kwh_delivered_dc", ids_v)):
+            rows = conn.execute(
+                f"SELECT {column}, count(*), coalesce(sum({kwh}), 0) FROM telemetry.{table} "
+                f"WHERE {column} = ANY(%s) AND time >= %s AND time < %s GROUP BY 1", (ids, start, end)).fetchall()
+            stored.update({device: (n, total) for device, n, total in rows})
+    for device, (n, total) in generated.items():
+        got_n, got_total = stored.get(device, (0, 0.0))
+        if got_n != n:
+            problems.append(f"{device}: {got_n} readings stored, {n} accepted")
+        elif abs(got_total - total) > 1e-9 * max(1.0, abs(total)):
+            problems.append(f"{device}: {got_total!r} kWh stored, {total!r} kWh sent")
+        if len(problems) > 20:
+            problems.append("... (more)")
+            return problems
+
+    window = {"from": start.isoformat(), "to": end.isoformat()}
+    # Per vehicle: every planted faulty charger and a sample of the others.
+    ours = [vehicle_id(i) for i in range(devices)]
+    sample = sorted(charged_faulty) + ours[:: max(1, devices // 50)]
+    for vehicle in dict.fromkeys(sample):
+        answer = api.get(f"/v1/analytics/performance/{vehicle}", params=window)
+        if answer.status_code != 200:
+            problems.append(f"GET /v1/analytics/performance/{vehicle} answered {answer.status_code}")
+            continue
+        got = answer.json()
+        index = int(vehicle.split("-")[1])
+        want_ac, want_dc = generated[meter_id(index)][1], generated[vehicle][1]
+        if abs(got["acConsumedKwh"] - want_ac) > 1e-9 * max(1.0, want_ac) or \
+                abs(got["dcDeliveredKwh"] - want_dc) > 1e-9 * max(1.0, want_dc):
+            problems.append(f"{vehicle}: analytics AC/DC {got['acConsumedKwh']}/{got['dcDeliveredKwh']} kWh, "
+                            f"generated {want_ac}/{want_dc}")
+        if (got["verdict"] == "faulty") != (vehicle in charged_faulty):
+            problems.append(f"{vehicle}: verdict {got['verdict']} (planted faulty: {vehicle in charged_faulty})")
+
+    fleet = api.get("/v1/analytics/fleet", params={**window, "worst": 1000})
+    if fleet.status_code != 200:
+        return problems + [f"GET /v1/analytics/fleet answered {fleet.status_code}: {fleet.text[:200]}"]
+    body = fleet.json()
+    flagged = {v["vehicleId"] for v in body["worst"] if v["verdict"] == "faulty" and v["vehicleId"] in set(ours)}
+    if flagged != charged_faulty:
+        problems.append(f"the fleet analytics flag {sorted(flagged)[:10]} as faulty; planted (and charged): "
+                        f"{sorted(charged_faulty)[:10]}")
+    if body["vehicles"] == devices:  # the database holds only this fleet: its totals must match too
+        ac = sum(generated[meter_id(i)][1] for i in range(devices))
+        dc = sum(generated[vehicle_id(i)][1] for i in range(devices))
+        if abs(body["acConsumedKwh"] - ac) > 1e-9 * max(1.0, ac) or \
+                abs(body["dcDeliveredKwh"] - dc) > 1e-9 * max(1.0, dc):
+            problems.append(f"fleet analytics AC/DC {body['acConsumedKwh']}/{body['dcDeliveredKwh']} kWh, "
+                            f"generated {ac}/{dc}")
+    return problems

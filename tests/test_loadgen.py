@@ -1,0 +1,108 @@
+"""The load generator: deterministic physics, mess at the requested rates, and end-to-end runs
+against the real API and database whose verification passes, or fails when a reading goes missing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from rich.console import Console
+
+from api.auth import create_key
+from loadgen.fleet import Fleet, Mess
+from loadgen.run import RunOptions, parse_duration, run
+
+START = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def test_the_same_seed_gives_the_same_readings() -> None:
+    a, b, c = Fleet(20, seed=3), Fleet(20, seed=3), Fleet(20, seed=4)
+    first = [a.minute(START, m) for m in range(120)]
+    assert first == [b.minute(START, m) for m in range(120)]
+    assert first != [c.minute(START, m) for m in range(120)]
+    assert len(first[0]) == 40 and {r.get("meterId") for r in first[0][::2]} == {f"MTR-{i:05d}" for i in range(20)}
+
+
+def test_the_physics_tells_a_story() -> None:
+    fleet = Fleet(400, seed=11)
+    efficiencies = [c.efficiency for c in fleet.chargers]
+    faulty = [c for c in fleet.chargers if c.faulty]
+    assert 2 <= len(faulty) <= 20
+    assert all(0.55 <= c.efficiency <= 0.70 for c in faulty)
+    assert all(0.88 <= e <= 0.95 for c, e in zip(fleet.chargers, efficiencies, strict=True) if not c.faulty)
+    minutes = [fleet.minute(START, m) for m in range(240)]
+    charging = [(r_m, r_v) for readings in minutes for r_m, r_v in zip(readings[::2], readings[1::2], strict=True)
+                if r_v["kwhDeliveredDc"] > 0]
+    assert charging, "some vehicles charge within four hours"
+    for meter, vehicle in charging:
+        assert vehicle["kwhDeliveredDc"] < meter["kwhConsumedAc"]  # DC = AC x efficiency
+    soc = [readings[1]["soc"] for readings in minutes]
+    assert all(0 <= s <= 100 for s in soc)
+    volts = [r["voltage"] for readings in minutes for r in readings[::2]]
+    assert 225 < sum(volts) / len(volts) < 235
+
+
+def test_mess_comes_at_the_requested_rates_and_drops_nothing() -> None:
+    fleet = Fleet(500, seed=2)
+    mess = Mess(duplicate_rate=0.10, out_of_order_rate=0.20, late_rate=0.05, seed=9)
+    sent, originals = [], []
+    for m in range(20):
+        readings = fleet.minute(START, m)
+        originals += readings
+        sent += mess.apply(m, readings)
+    sent += mess.flush()
+    keys = lambda r: (r.get("meterId") or r["vehicleId"], r["timestamp"])  # noqa: E731
+    assert {keys(r) for r in sent} == {keys(r) for r in originals}  # nothing lost
+    duplicates = len(sent) - len(originals)
+    assert 0.08 < duplicates / len(originals) < 0.12
+    positions = {keys(r): i for i, r in enumerate(originals)}
+    late = sum(1 for i, r in enumerate(sent) if i - positions[keys(r)] > 1000 * 3)
+    assert 0.035 < late / len(originals) < 0.065
+    inversions = sum(1 for x, y in zip(sent, sent[1:]) if x["timestamp"] > y["timestamp"])
+    assert inversions / len(sent) > 0.05
+
+
+def test_durations_parse() -> None:
+    assert (parse_duration("90s"), parse_duration("10m"), parse_duration("1h"), parse_duration("5")) == (
+        90, 600, 3600, 5)
+
+
+def _options(server, database, **overrides) -> RunOptions:
+    key = create_key(database.url, ["ingest", "read"])[1]
+    options = {"url": server.url, "api_key": key, "devices": 40, "mode": "backfill", "hours": 2, "seed": 21,
+               "batch_size": 500, "concurrency": 4, "duplicate_rate": 0.05, "out_of_order_rate": 0.1,
+               "late_rate": 0.02, "verify": True, "database_url": database.url}
+    return RunOptions(**{**options, **overrides})
+
+
+@pytest.mark.slow
+def test_an_end_to_end_run_verifies(database, live_server_factory, tmp_path) -> None:
+    server = live_server_factory()
+    report = run(_options(server, database, report_path=tmp_path / "report.json"), Console(quiet=True))
+
+    assert report["verification"] == {"passed": True, "problems": [],
+                                      "planted_faulty": report["verification"]["planted_faulty"]}
+    assert report["inserted"] == 40 * 2 * 120 and report["failed"] == report["rejected"] == 0
+    assert report["duplicates"] == report["sent"] - report["inserted"] > 0
+    assert (tmp_path / "report.json").exists()
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 40 * 120
+        assert conn.execute("SELECT count(*) FROM telemetry.vehicle_meter_links").fetchone()[0] == 40
+
+
+@pytest.mark.slow
+def test_verification_fails_when_a_stored_reading_disappears(database, live_server_factory) -> None:
+    server = live_server_factory()
+
+    def delete_one_reading() -> None:
+        with database.connect() as conn:
+            deleted = conn.execute(
+                "DELETE FROM telemetry.vehicle_readings WHERE (vehicle_id, time) = "
+                "(SELECT vehicle_id, time FROM telemetry.vehicle_readings WHERE vehicle_id = 'EV-00007' LIMIT 1)")
+            assert deleted.rowcount == 1
+
+    report = run(_options(server, database, duplicate_rate=0, out_of_order_rate=0, late_rate=0), Console(quiet=True),
+                 before_verify=delete_one_reading)
+    assert report["verification"]["passed"] is False, report["verification"]
+    problems = report["verification"]["problems"]
+    assert any(p.startswith("EV-00007: 119 readings stored, 120 accepted") for p in problems), problems

@@ -41,7 +41,8 @@ class Stats:
             "rejected": self.rejected, "failed": self.failed, "requests": self.requests, "retries": self.retries,
             "elapsed_s": round(elapsed, 2), "rows_per_s": round(self.sent / elapsed, 1) if elapsed else 0.0,
             "latency_ms": {f"p{int(q * 100)}": round(self.percentile(q) * 1000, 1) for q in (0.5, 0.95, 0.99)},
-            "errors_by_status": {str(k): v for k, v in sorted(self.statuses.items()) if k != 200},
+            "errors_by_status": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))
+                                 if k != 200},
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,14 +70,14 @@ def free_port() -> int:
 class LiveServer:
     """`python -m api serve` in a subprocess, as users run it."""
 
-    def __init__(self, database_url: str, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, database_url: str, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api", "serve", "--port", str(self.port)],
             env={**os.environ, "DATABASE_URL": database_url, "MAINTENANCE_INTERVAL_S": "0", **env},
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -92,12 +93,20 @@ class LiveServer:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL to the server and its workers: no graceful shutdown, requests in flight are cut."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> None:
-        self.process.terminate()
+        if self.process.poll() is not None:
+            self.log.close()
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.log.close()
 
@@ -106,8 +115,8 @@ class LiveServer:
 def live_server_factory(database: Database) -> Iterator:
     servers: list[LiveServer] = []
 
-    def start(**env: str) -> LiveServer:
-        servers.append(LiveServer(database.url, **env))
+    def start(port: int | None = None, **env: str) -> LiveServer:
+        servers.append(LiveServer(database.url, port, **env))
         return servers[-1]
 
     yield start

@@ -71,7 +71,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
 
     generated: dict[str, tuple[int, float]] = {}
-    t0 = time.monotonic()
+    t0 = last_line = time.monotonic()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(opts.mode, total=minutes, status="")
@@ -91,9 +91,12 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 await sender.submit(outgoing[s * opts.batch_size:(s + 1) * opts.batch_size])
             st = sender.stats
-            progress.update(task, advance=1, status=f"sent {st.sent:,}  inserted {st.inserted:,}  "
-                                                    f"dup {st.duplicates:,}  rejected {st.rejected:,}  "
-                                                    f"failed {st.failed:,}")
+            status = (f"sent {st.sent:,}  inserted {st.inserted:,}  dup {st.duplicates:,}  "
+                      f"rejected {st.rejected:,}  failed {st.failed:,}")
+            progress.update(task, advance=1, status=status)
+            if not console.is_terminal and time.monotonic() - last_line >= 10:  # logs, CI, containers
+                console.print(f"{opts.mode}: minute {m + 1}/{minutes}, {status}")
+                last_line = time.monotonic()
         await sender.drain()
     report = {"mode": opts.mode, "devices": 2 * opts.devices, "minutes": minutes, "window": {
         "from": start.isoformat(), "to": end.isoformat()}, **sender.stats.report()}

@@ -15,6 +15,7 @@ from sqlalchemy import ARRAY, Float, Integer, Interval, Text, bindparam, column,
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import DateTime
 
+from api.db import fetch_all
 from api.devices import PathDeviceId
 from api.readings import BadInput
 from api.security import requires
@@ -57,22 +58,6 @@ SELECT EXISTS (SELECT 1 FROM telemetry.vehicle_state WHERE vehicle_id = %(vehicl
 """
 
 
-class Performance(msgspec.Struct, rename="camel"):
-    vehicle_id: str
-    meter_id: str | None
-    from_: datetime = msgspec.field(name="from")
-    to: datetime
-    ac_consumed_kwh: float
-    dc_delivered_kwh: float
-    loss_kwh: float
-    efficiency: float | None
-    avg_battery_temp: float | None
-    meter_readings: int
-    vehicle_readings: int
-    verdict: str
-    note: str | None = None
-
-
 class VehicleRank(msgspec.Struct, rename="camel"):
     vehicle_id: str
     meter_id: str | None
@@ -84,6 +69,12 @@ class VehicleRank(msgspec.Struct, rename="camel"):
     meter_readings: int
     vehicle_readings: int
     verdict: str
+
+
+class Performance(VehicleRank, rename="camel", kw_only=True):
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    note: str | None = None
 
 
 class Fleet(msgspec.Struct, rename="camel"):
@@ -140,12 +131,6 @@ def _thresholds_params(settings: Settings) -> dict[str, float]:
             "min_ac_kwh": settings.verdict_min_ac_kwh}
 
 
-async def _fetch(state: State, sql: str, params: dict[str, Any]) -> list[tuple]:
-    async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
-        cur = await conn.execute(sql, params)
-        return await cur.fetchall()
-
-
 class AnalyticsController(Controller):
     path = "/v1/analytics"
     tags = ["analytics"]
@@ -156,23 +141,24 @@ class AnalyticsController(Controller):
                           end: To = None) -> Performance:
         start, end = _window_params(start, end)
         settings = get_settings()
-        rows = await _fetch(state, PERFORMANCE_SQL, {"from": start, "to": end, "vehicles": [vehicle_id],
+        rows = await fetch_all(state.pool, PERFORMANCE_SQL, {"from": start, "to": end, "vehicles": [vehicle_id],
                                                      **_thresholds_params(settings)})
         if not rows:
-            (known,) = (await _fetch(state, VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id}))[0]
+            (known,) = (await fetch_all(state.pool, VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id}))[0]
             if not known:
                 raise NotFoundException(f"no readings and no meter link for vehicle {vehicle_id!r}")
             rows = [(vehicle_id, None, False, 0.0, 0.0, 0.0, None, None, 0, 0, "insufficient_data")]
         (vid, meter_id, linked, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict) = rows[0]
         note = None if linked else (
             f"vehicle {vid!r} has no meter link in this window; link it with PUT /v1/vehicles/{vid}/meter")
-        return Performance(vid, meter_id, start, end, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict, note)
+        return Performance(vid, meter_id, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict, from_=start, to=end,
+                           note=note)
 
     @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers")
     async def fleet(self, state: State, start: From = None, end: To = None,
                     worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Fleet:
         start, end = _window_params(start, end)
-        rows = await _fetch(state, FLEET_SQL, {"from": start, "to": end, "worst": worst,
+        rows = await fetch_all(state.pool, FLEET_SQL, {"from": start, "to": end, "worst": worst,
                                                **_thresholds_params(get_settings())})
         (vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts, ranked) = rows[0]
         return Fleet(
@@ -190,6 +176,6 @@ class AnalyticsController(Controller):
             raise BadInput(422, f"bucket must be one of {', '.join(BUCKETS)}")
         if (end - start) / BUCKETS[bucket] > MAX_SERIES_BUCKETS:
             raise BadInput(422, f"more than {MAX_SERIES_BUCKETS} buckets: use a larger bucket or a smaller window")
-        rows = await _fetch(state, SERIES_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
+        rows = await fetch_all(state.pool, SERIES_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
                                                 "bucket": BUCKETS[bucket]})
         return Series(vehicle_id, start, end, bucket, [SeriesPoint(*row) for row in rows])

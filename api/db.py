@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+from typing import Any
+
 from psycopg_pool import AsyncConnectionPool
 
-from api.settings import Settings
+from api.settings import Settings, get_settings
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -37,3 +39,10 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         open=False,
         name="telemetry",
     )
+
+
+async def fetch_all(pool: AsyncConnectionPool, sql: str, params: Any = None) -> list[tuple]:
+    """Run one read query on a pooled connection; waits at most the pool timeout for a connection."""
+    async with pool.connection(timeout=get_settings().pool_timeout_s) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, Parameter
 
+from api.db import fetch_all
 from api.readings import DEVICE_ID_PATTERN, BadInput, DeviceId, Timestamp
 from api.security import requires
 from api.settings import get_settings
@@ -81,6 +82,19 @@ ORDER BY t.n
 """
 
 
+_METER_STATUS = ("SELECT meter_id, kwh_consumed_ac, voltage, time, received_at FROM telemetry.meter_state "
+                 "WHERE meter_id = %s")
+_VEHICLE_STATUS = ("SELECT vehicle_id, soc, kwh_delivered_dc, battery_temp, time, received_at "
+                   "FROM telemetry.vehicle_state WHERE vehicle_id = %s")
+
+
+async def _latest(state: State, sql: str, device_id: str, kind: str) -> tuple:
+    rows = await fetch_all(state.pool, sql, (device_id,))
+    if not rows:
+        raise NotFoundException(f"no readings from {kind} {device_id!r}")
+    return rows[0]
+
+
 async def _link(state: State, links: list[BulkLink]) -> list[Link]:
     # Lock order by vehicle id, so concurrent bulk requests cannot deadlock on each other.
     ordered = sorted(links, key=lambda link: link.vehicle_id)
@@ -99,25 +113,11 @@ class DeviceController(Controller):
 
     @get("/meters/{meter_id:str}/status", guards=[requires("read")], summary="Latest reading of a meter")
     async def meter_status(self, state: State, meter_id: PathDeviceId) -> MeterStatus:
-        async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
-            cur = await conn.execute(
-                "SELECT meter_id, kwh_consumed_ac, voltage, time, received_at FROM telemetry.meter_state "
-                "WHERE meter_id = %s", (meter_id,))
-            row = await cur.fetchone()
-        if row is None:
-            raise NotFoundException(f"no readings from meter {meter_id!r}")
-        return MeterStatus(*row)
+        return MeterStatus(*await _latest(state, _METER_STATUS, meter_id, "meter"))
 
     @get("/vehicles/{vehicle_id:str}/status", guards=[requires("read")], summary="Latest reading of a vehicle")
     async def vehicle_status(self, state: State, vehicle_id: PathDeviceId) -> VehicleStatus:
-        async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
-            cur = await conn.execute(
-                "SELECT vehicle_id, soc, kwh_delivered_dc, battery_temp, time, received_at "
-                "FROM telemetry.vehicle_state WHERE vehicle_id = %s", (vehicle_id,))
-            row = await cur.fetchone()
-        if row is None:
-            raise NotFoundException(f"no readings from vehicle {vehicle_id!r}")
-        return VehicleStatus(*row)
+        return VehicleStatus(*await _latest(state, _VEHICLE_STATUS, vehicle_id, "vehicle"))
 
     @put("/vehicles/{vehicle_id:str}/meter", guards=[requires("ingest")],
          summary="Link a vehicle to the meter that feeds its charger")
@@ -136,13 +136,13 @@ class DeviceController(Controller):
 
     @get("/vehicles/{vehicle_id:str}/meter", guards=[requires("read")], summary="A vehicle's meter links over time")
     async def vehicle_links(self, state: State, vehicle_id: PathDeviceId) -> LinkHistory:
-        async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
-            cur = await conn.execute(
-                """SELECT meter_id, CASE WHEN isfinite(lower(valid)) THEN lower(valid) END,
-                          CASE WHEN NOT upper_inf(valid) THEN upper(valid) END
-                   FROM telemetry.vehicle_meter_links WHERE vehicle_id = %s ORDER BY lower(valid)""",
-                (vehicle_id,))
-            periods = [LinkPeriod(*row) for row in await cur.fetchall()]
+        rows = await fetch_all(
+            state.pool,
+            """SELECT meter_id, CASE WHEN isfinite(lower(valid)) THEN lower(valid) END,
+                      CASE WHEN NOT upper_inf(valid) THEN upper(valid) END
+               FROM telemetry.vehicle_meter_links WHERE vehicle_id = %s ORDER BY lower(valid)""",
+            (vehicle_id,))
+        periods = [LinkPeriod(*row) for row in rows]
         if not periods:
             raise NotFoundException(f"vehicle {vehicle_id!r} is not linked to a meter")
         current = periods[-1].meter_id if periods[-1].valid_to is None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -48,5 +49,41 @@ def test_migrations_reapplied_during_ingestion_lose_nothing(database, live_serve
     runner.join(180)
 
     assert len(reports) >= 2 and all(r.applied == () for r in reports)
+    assert result["verification"]["passed"], result["verification"]["problems"]
+    assert result["failed"] == 0 and result["inserted"] == 60 * 2 * 180
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_gives_503_then_recovers_and_loses_nothing(database, pg_server,
+                                                                          live_server_factory) -> None:
+    server = live_server_factory(DB_POOL_TIMEOUT="1")
+    options = _options(server, database, devices=60, mode="simulate", speedup=900, duration_s=12,
+                       batch_size=200, concurrency=2)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run(options, Console(quiet=True))))
+    runner.start()
+    time.sleep(3.0)
+
+    outage_started = time.monotonic()
+    pg_server.stop()
+    probe_started = time.monotonic()
+    probe = httpx.post(f"{server.url}/v1/telemetry/meters", json=[], timeout=30,
+                       headers={"Authorization": f"Bearer {options.api_key}"})
+    probe_s = time.monotonic() - probe_started
+    time.sleep(2.0)
+    pg_server.start()
+    outage_s = time.monotonic() - outage_started
+    recovered_started = time.monotonic()
+    while httpx.get(f"{server.url}/health/ready", timeout=10).status_code != 200:
+        assert time.monotonic() - recovered_started < 30, "the API did not recover within 30 s"
+        time.sleep(0.1)
+    recovery_s = time.monotonic() - recovered_started
+    runner.join(180)
+
+    print(f"outage {outage_s:.1f} s, 503 answered in {probe_s:.2f} s, ready again {recovery_s:.2f} s after the "
+          f"database; run: {result['errors_by_status']}, {result['retries']} retries")
+    assert probe.status_code == 503 and probe.headers["retry-after"] == "1"
+    assert probe_s < 10
+    assert result["errors_by_status"].get("503", 0) > 0  # the generator did meet the outage
     assert result["verification"]["passed"], result["verification"]["problems"]
     assert result["failed"] == 0 and result["inserted"] == 60 * 2 * 180

@@ -87,3 +87,28 @@ def test_a_postgresql_restart_gives_503_then_recovers_and_loses_nothing(database
     assert result["errors_by_status"].get("503", 0) > 0  # the generator did meet the outage
     assert result["verification"]["passed"], result["verification"]["problems"]
     assert result["failed"] == 0 and result["inserted"] == 60 * 2 * 180
+
+
+def test_errors_and_logs_leak_neither_keys_nor_sql(database, live_server_factory, keys) -> None:
+    from api.auth import split_key
+
+    server = live_server_factory()
+    secret = split_key(keys.all)[1]
+    wrong = keys.all[:-4] + "AAAA"
+    bodies = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        bodies.append(client.post("/v1/telemetry/meters", json=[{"meterId": "x"}], headers={"Authorization": f"Bearer {wrong}"}))
+        bodies.append(client.post("/v1/telemetry/meters", content=b"[{", headers={
+            "Authorization": f"Bearer {keys.all}", "Content-Type": "application/json"}))
+        bodies.append(client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1", "validFrom": "2026-11-22T00:00:00Z"},
+                                 headers={"Authorization": f"Bearer {keys.all}"}))
+        bodies.append(client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-2", "validFrom": "2026-11-21T00:00:00Z"},
+                                 headers={"Authorization": f"Bearer {keys.all}"}))  # a conflict raised in SQL
+        bodies.append(client.get("/v1/analytics/fleet", params={"from": "2026-11-22T00:00:00"},
+                                 headers={"Authorization": f"Bearer {keys.all}"}))
+    assert [r.status_code for r in bodies] == [401, 422, 200, 409, 422]
+    log = server.output()
+    for response in bodies:
+        text = response.text
+        assert secret not in text and "SELECT" not in text and "telemetry." not in text, text
+    assert secret not in log and wrong not in log and "SELECT" not in log

@@ -72,7 +72,7 @@ class Fleet:
                 if c.remaining_min <= 0 or c.soc >= 99.5:
                     c.charging = False
             else:
-                ac, dc = 0.0002, 0.0  # standby of the charger electronics
+                ac, dc = 0.0, 0.0  # idle: the meter feeding the charger reads nothing
                 c.temp = max(15.0, c.temp - 0.05)
                 c.soc = max(5.0, c.soc - rng.uniform(0, 0.02))
             ts = (base + self.offset(i)).isoformat().replace("+00:00", "Z")

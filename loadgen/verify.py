@@ -67,8 +67,8 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
     body = fleet.json()
     flagged = {v["vehicleId"] for v in body["worst"] if v["verdict"] == "faulty" and v["vehicleId"] in set(ours)}
     if flagged != charged_faulty:
-        problems.append(f"the fleet analytics flag {sorted(flagged)[:10]} as faulty; planted (and charged): "
-                        f"{sorted(charged_faulty)[:10]}")
+        problems.append(f"flagged faulty but not planted: {sorted(flagged - charged_faulty)[:10]}; "
+                        f"planted (and charged) but not flagged: {sorted(charged_faulty - flagged)[:10]}")
     if body["vehicles"] == devices:  # the database holds only this fleet: its totals must match too
         ac = sum(generated[meter_id(i)][1] for i in range(devices))
         dc = sum(generated[vehicle_id(i)][1] for i in range(devices))

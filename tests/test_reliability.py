@@ -3,8 +3,12 @@ ingestion: the load generator's verification finds every accepted reading exactl
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,3 +116,59 @@ def test_errors_and_logs_leak_neither_keys_nor_sql(database, live_server_factory
         text = response.text
         assert secret not in text and "SELECT" not in text and "telemetry." not in text, text
     assert secret not in log and wrong not in log and "SELECT" not in log
+
+
+def _server_rss_mb(pid: int) -> float:
+    """Resident memory of the server and its workers (its process group)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pid:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ProcessLookupError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
+@pytest.mark.slow
+def test_a_flood_of_oversized_and_slow_requests_exhausts_nothing(database, live_server_factory, keys) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_ingest import meter
+
+    server = live_server_factory(MAX_BODY_BYTES=str(1024 * 1024), DB_POOL_MAX="4")
+    headers = {"Authorization": f"Bearer {keys.ingest}", "Content-Type": "application/json"}
+    rss_before = _server_rss_mb(server.process.pid)
+    slow = []
+    for _ in range(50):  # slowloris: headers promise a large body that trickles in
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /v1/telemetry/meters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + keys.ingest.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n[")
+        slow.append(s)
+    oversized = b"[" + b",".join([b'{"meterId":"M","kwhConsumedAc":1,"voltage":1,"timestamp":"x"}'] * 80_000) + b"]"
+    with ThreadPoolExecutor(8) as pool:
+        floods = [pool.submit(httpx.post, f"{server.url}/v1/telemetry/meters", content=oversized, headers=headers,
+                              timeout=60) for _ in range(40)]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            normal = [client.post("/v1/telemetry/meters", json=[meter(i)], headers=headers) for i in range(10)]
+        answers = []
+        for future in floods:
+            try:
+                answers.append(future.result().status_code)
+            except httpx.TransportError:
+                answers.append("closed")  # the server may close the connection after the 413
+    rss_peak = _server_rss_mb(server.process.pid)
+    for s in slow:
+        s.close()
+
+    print(f"flood: 40 x {len(oversized) // 1024} KiB bodies -> {sorted(map(str, answers))[:3]}..., 50 slow "
+          f"connections held; server memory {rss_before:.0f} -> {rss_peak:.0f} MB; normal requests all 200")
+    assert [r.status_code for r in normal] == [200] * 10
+    assert set(answers) <= {413, "closed"} and 413 in answers
+    assert rss_peak - rss_before < 300, (rss_before, rss_peak)
+    with database.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 10

@@ -119,8 +119,8 @@ def _window_params(start: datetime | None, end: datetime | None) -> tuple[dateti
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
             raise BadInput(422, f"'{name}' needs a timezone offset, e.g. 2026-11-22T10:00:00Z")
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(hours=24)
+    end = (end or datetime.now(UTC)).astimezone(UTC)  # any RFC 3339 offset, normalised before SQL
+    start = (start or end - timedelta(hours=24)).astimezone(UTC)
     if start >= end:
         raise BadInput(422, "'from' must be before 'to'")
     return start, end

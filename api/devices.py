@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -100,8 +100,9 @@ async def _link(state: State, links: list[BulkLink]) -> list[Link]:
     ordered = sorted(links, key=lambda link: link.vehicle_id)
     async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
         try:
-            cur = await conn.execute(_LINK, ([x.vehicle_id for x in ordered], [x.meter_id for x in ordered],
-                                             [x.valid_from for x in ordered]))
+            # In UTC: RFC 3339 allows offsets PostgreSQL rejects (beyond 15:59) inside a timestamptz[].
+            starts = [x.valid_from.astimezone(UTC) if x.valid_from else None for x in ordered]
+            cur = await conn.execute(_LINK, ([x.vehicle_id for x in ordered], [x.meter_id for x in ordered], starts))
         except (psycopg.errors.DataException, psycopg.errors.ExclusionViolation) as exc:
             raise BadInput(409, exc.diag.message_primary or "conflicting link") from None
         return [Link(*row) for row in await cur.fetchall()]

@@ -121,11 +121,11 @@ def run(devices: int, hours: int, requests: int, concurrency: int) -> dict:
     key = create_key(url)
     with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 2))) as api:
         performance = asyncio.run(_load_test(
-            api.base_url, key, [(f"/v1/analytics/performance/{v}", window) for v in vehicles], concurrency))
+            api.url, key, [(f"/v1/analytics/performance/{v}", window) for v in vehicles], concurrency))
         aligned = {"from": (end - timedelta(hours=24)).isoformat(), "to": end.isoformat()}
-        fleet_aligned = asyncio.run(_load_test(api.base_url, key, [("/v1/analytics/fleet", aligned)] * 20, 2))
-        fleet_unaligned = asyncio.run(_load_test(api.base_url, key, [("/v1/analytics/fleet", window)] * 10, 2))
-        example = httpx.get(f"{api.base_url}/v1/analytics/fleet", params={**window, "worst": 3},
+        fleet_aligned = asyncio.run(_load_test(api.url, key, [("/v1/analytics/fleet", aligned)] * 20, 2))
+        fleet_unaligned = asyncio.run(_load_test(api.url, key, [("/v1/analytics/fleet", window)] * 10, 2))
+        example = httpx.get(f"{api.url}/v1/analytics/fleet", params={**window, "worst": 3},
                             headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
     raw = _raw_latencies(url, [{"vehicle": v, "from": to - timedelta(hours=24), "to": to}
                                for v in vehicles[:min(300, requests)]])

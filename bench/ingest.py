@@ -101,7 +101,7 @@ def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: 
     url = fresh_database("telemetry_bench_http")
     key = create_key(url)
     with ApiProcess(url, workers=workers, server=server, DB_POOL_MAX=str(max(concurrency, 2))) as api:
-        http_s, latencies = asyncio.run(_run_http(api.base_url, key, workload, concurrency))
+        http_s, latencies = asyncio.run(_run_http(api.url, key, workload, concurrency))
     direct_rate, http_rate = workload.rows / direct_s, workload.rows / http_s
     return {
         "rows": workload.rows, "batch_size": batch_size, "concurrency": concurrency,

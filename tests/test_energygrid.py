@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 
 from api.energygrid import PullConfig, default_serials, pull_once, sign
 from loadgen.energygrid_mock import MockConfig, create_mock_app, dropping_connections
-from tests.fix_api import free_port
+from bench.env import free_port
 from tests.fix_db import Database
 
 PATH = "/device/real/query"

@@ -192,3 +192,18 @@ def test_the_aggregates_equal_the_raw_readings(client: TestClient, keys: Keys, c
     for _, _, raw_kwh, agg_kwh, raw_n, agg_n in compare:
         assert raw_n == agg_n
         assert agg_kwh == pytest.approx(raw_kwh, rel=1e-9)
+
+
+def test_any_rfc3339_offset_is_accepted_everywhere(client: TestClient, keys: Keys, conn) -> None:
+    """Offsets up to 23:59 are valid RFC 3339, beyond PostgreSQL's own limit of 15:59."""
+    far_east = "2026-11-22T10:00:00+16:00"
+    link = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1", "validFrom": far_east},
+                      headers=Keys.header(keys.ingest))
+    assert link.status_code == 200 and link.json()["validFrom"] == "2026-11-21T18:00:00Z"
+    reading = {**meter(0), "timestamp": (NOW - timedelta(minutes=3)).astimezone(
+        __import__("datetime").timezone(timedelta(hours=-18))).isoformat()}
+    assert post(client, "/v1/telemetry/meters", reading, keys.ingest).json() == {"inserted": 1, "duplicates": 0}
+    assert conn.execute("SELECT time FROM telemetry.meter_readings").fetchone()[0] == NOW - timedelta(minutes=3)
+    answer = client.get("/v1/analytics/performance/EV-1", params={"from": far_east, "to": "2026-11-23T10:00:00+16:00"},
+                        headers=Keys.header(keys.read))
+    assert answer.status_code == 200 and answer.json()["from"] == "2026-11-21T18:00:00Z"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,18 +13,13 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import get_settings
+from bench.env import free_port
 from tests.fix_api import Keys
 from tests.test_ingest import meter
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_database_gives_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{_closed_port()}/telemetry")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/telemetry")
     monkeypatch.setenv("DB_POOL_TIMEOUT", "0.5")
     monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
     get_settings.cache_clear()

@@ -19,10 +19,6 @@ UNAVAILABLE = (PoolTimeout, psycopg.OperationalError, psycopg.errors.AdminShutdo
                psycopg.errors.CannotConnectNow, psycopg.errors.QueryCanceled)
 
 
-class DatabaseUnavailable(Exception):
-    """Raised where a handler gives up waiting for the database."""
-
-
 def _body(error: str, message: str, errors: list | None = None) -> dict:
     body: dict = {"error": error, "message": message}
     if errors:
@@ -63,7 +59,6 @@ def unexpected(_: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     BadInput: bad_input,
-    DatabaseUnavailable: unavailable,
     **{kind: unavailable for kind in UNAVAILABLE},
     ValidationException: validation,
     HTTPException: http_error,

@@ -42,7 +42,6 @@ class VehicleReading(msgspec.Struct, rename="camel", forbid_unknown_fields=True,
     timestamp: Timestamp
 
 
-Reading = MeterReading | VehicleReading
 STREAMS: dict[str, type[MeterReading] | type[VehicleReading]] = {"meters": MeterReading, "vehicles": VehicleReading}
 
 

@@ -26,7 +26,6 @@ class Stats:
     statuses: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    accepted_keys: set = field(default_factory=set)
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -47,14 +46,12 @@ class Stats:
 
 
 class Sender:
-    def __init__(self, url: str, api_key: str, concurrency: int, max_attempts: int = 8,
-                 track_accepted: bool = False) -> None:
+    def __init__(self, url: str, api_key: str, concurrency: int, max_attempts: int = 8) -> None:
         self.client = httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {api_key}"},
                                         limits=httpx.Limits(max_connections=concurrency))
         self.slots = asyncio.Semaphore(concurrency)
         self.max_attempts = max_attempts
         self.stats = Stats()
-        self.track_accepted = track_accepted
         self.rng = random.Random()
         self.tasks: set[asyncio.Task] = set()
 
@@ -93,9 +90,6 @@ class Sender:
             body = response.json()
             self.stats.inserted += body["inserted"]
             self.stats.duplicates += body["duplicates"]
-            if self.track_accepted:
-                for r in batch:
-                    self.stats.accepted_keys.add((r.get("meterId") or r.get("vehicleId"), r["timestamp"]))
         else:
             self.stats.rejected += len(batch)
 

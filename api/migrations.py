@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,32 +170,32 @@ def migrate(conninfo: str, sql_dir: Path) -> MigrationReport:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-def _run(conn: psycopg.Connection, sql_file: SqlFile) -> None:
+def _run(conn: psycopg.Connection, sql_file: SqlFile, then: Callable[[], None] | None = None) -> None:
+    """Apply one file (in a transaction unless it is marked otherwise); `then` runs in the same
+    transaction, or right after a no-transaction file."""
     try:
         if sql_file.transactional:
             with conn.transaction():
                 conn.execute(sql_file.content)
+                if then:
+                    then()
         else:
             conn.execute(sql_file.content)
+            if then:
+                then()
     except psycopg.Error as exc:
         raise MigrationError(f"{sql_file.path.name}: {exc}") from exc
 
 
 def _apply_versioned(conn: psycopg.Connection, sql_file: SqlFile, edition: str) -> None:
     started = time.monotonic()
-    record = (
-        "INSERT INTO telemetry.schema_migrations (version, name, checksum, edition, duration_ms) "
-        "VALUES (%s, %s, %s, %s, %s)"
-    )
-    try:
-        if sql_file.transactional:
-            with conn.transaction():
-                conn.execute(sql_file.content)
-                duration = int((time.monotonic() - started) * 1000)
-                conn.execute(record, (sql_file.version, sql_file.path.name, sql_file.checksum, edition, duration))
-            return
-        conn.execute(sql_file.content)
-    except psycopg.Error as exc:
-        raise MigrationError(f"{sql_file.path.name}: {exc}") from exc
-    duration = int((time.monotonic() - started) * 1000)
-    conn.execute(record, (sql_file.version, sql_file.path.name, sql_file.checksum, edition, duration))
+
+    def record() -> None:
+        conn.execute(
+            "INSERT INTO telemetry.schema_migrations (version, name, checksum, edition, duration_ms) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (sql_file.version, sql_file.path.name, sql_file.checksum, edition,
+             int((time.monotonic() - started) * 1000)),
+        )
+
+    _run(conn, sql_file, then=record)

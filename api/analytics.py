@@ -11,7 +11,7 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter, QueryParameter
-from sqlalchemy import ARRAY, Float, Integer, Interval, Text, bindparam, column, func, select
+from sqlalchemy import Float, Integer, Interval, Text, bindparam, column, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import DateTime
 
@@ -30,7 +30,7 @@ _thresholds = (bindparam("healthy", type_=Float), bindparam("degraded", type_=Fl
                bindparam("min_ac_kwh", type_=Float))
 
 _performance = func.telemetry.vehicle_performance(
-    *_window, bindparam("vehicles", type_=ARRAY(Text)), *_thresholds
+    bindparam("vehicle", type_=Text), *_window, *_thresholds
 ).table_valued(
     "vehicle_id", "meter_id", "linked", "ac_kwh", "dc_kwh", "loss_kwh", "efficiency", "avg_battery_temp",
     "meter_readings", "vehicle_readings", "verdict",
@@ -141,7 +141,7 @@ class AnalyticsController(Controller):
                           end: To = None) -> Performance:
         start, end = _window_params(start, end)
         settings = get_settings()
-        rows = await fetch_all(state.pool, PERFORMANCE_SQL, {"from": start, "to": end, "vehicles": [vehicle_id],
+        rows = await fetch_all(state.pool, PERFORMANCE_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
                                                      **_thresholds_params(settings)})
         if not rows:
             (known,) = (await fetch_all(state.pool, VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id}))[0]

@@ -17,9 +17,8 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 
 def session_options(settings: Settings) -> str:
-    # Custom plans always: the analytics functions fold the window bounds into constants, so
-    # TimescaleDB excludes every chunk outside the window while planning.
-    return f"-c statement_timeout={settings.statement_timeout_ms} -c plan_cache_mode=force_custom_plan"
+    # The analytics functions choose their own plan mode (sql/repeatable/50_analytics.sql).
+    return f"-c statement_timeout={settings.statement_timeout_ms}"
 
 
 def create_pool(settings: Settings) -> AsyncConnectionPool:

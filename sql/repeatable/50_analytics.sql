@@ -1,12 +1,29 @@
 -- Charging-efficiency analytics, exact for any window [from, to).
 --
--- A window is cut into pieces: raw readings for the partial hours at its edges, materialized hourly
--- aggregate rows for whole hours (raw readings for whole hours past the aggregate's watermark, as
--- real-time aggregation does), and, when asked, daily rows for whole UTC days. Every piece lies
--- inside one hour or one day, so sums over pieces equal sums over the raw readings, and grouping
--- pieces by hour or day gives exact series. The bounds are immutable expressions of the window, so
--- TimescaleDB excludes every raw chunk outside the edges, and each branch starts with a guard that
--- folds to false when its part of the window is empty, so the planner skips that branch entirely.
+-- A window is cut into parts: raw readings for the partial hours at its edges (and for whole hours
+-- past the hourly aggregate's watermark, as real-time aggregation does), materialized hourly rows
+-- for whole hours, and materialized daily rows for whole UTC days inside them. Every part lies
+-- inside one hour or one day, so sums over the parts equal sums over the raw readings, and grouping
+-- them by hour or day gives exact series.
+--
+-- Cost model: the bounds and the watermarks are computed once per query into plain values
+-- (telemetry.window_parts); the parts are read by one inlinable query (telemetry.energy_pieces)
+-- whose predicates compare columns with those values only. A stable expression left in a filter
+-- would be evaluated for every row, and the watermark through TimescaleDB's real-time views for
+-- every row too. Per-device reads run on generic plans: planned once per session, TimescaleDB
+-- excludes the chunks outside the window at executor startup. Fleet-wide reads run on custom plans,
+-- where chunks are excluded while planning.
+
+-- Signatures of an earlier version of this file.
+DROP FUNCTION IF EXISTS telemetry.vehicle_performance(timestamptz, timestamptz, text[], double precision,
+                                                      double precision, double precision);
+DROP FUNCTION IF EXISTS telemetry.vehicle_ac_pieces(timestamptz, timestamptz, text[], boolean);
+DROP FUNCTION IF EXISTS telemetry.meter_energy_pieces(timestamptz, timestamptz, text[], boolean);
+DROP FUNCTION IF EXISTS telemetry.vehicle_energy_pieces(timestamptz, timestamptz, text[], boolean);
+DROP FUNCTION IF EXISTS telemetry.head_end(timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.tail_start(timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.days_start(timestamptz, timestamptz, boolean);
+DROP FUNCTION IF EXISTS telemetry.days_end(timestamptz, timestamptz, boolean);
 
 CREATE OR REPLACE FUNCTION telemetry.hour_ceil(ts timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -20,125 +37,143 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ELSE time_bucket(INTERVAL '1 day', ts) + INTERVAL '1 day' END
 $$;
 
--- Raw head [from, head_end), whole hours [h0, h1) of which whole days [d0, d1), raw tail [tail_start, to).
-CREATE OR REPLACE FUNCTION telemetry.head_end(p_from timestamptz, p_to timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT least(telemetry.hour_ceil(p_from), p_to) $$;
+-- Both streams in one shape: device, time, energy of the interval, and the quantity averaged over
+-- the readings (voltage for meters, battery temperature for vehicles).
+CREATE OR REPLACE VIEW telemetry.energy_readings AS
+    SELECT 'meter'::text AS stream, meter_id::text AS device_id, time, kwh_consumed_ac AS kwh, voltage AS level
+    FROM telemetry.meter_readings
+    UNION ALL
+    SELECT 'vehicle'::text, vehicle_id::text, time, kwh_delivered_dc, battery_temp
+    FROM telemetry.vehicle_readings;
 
-CREATE OR REPLACE FUNCTION telemetry.tail_start(p_from timestamptz, p_to timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT greatest(time_bucket(INTERVAL '1 hour', p_to), telemetry.hour_ceil(p_from))
-$$;
+-- The materialized rows of the aggregates (continuous aggregates on Community, tables on Apache):
+-- per bucket, the energy, the sum of the averaged quantity and the number of readings.
+CREATE OR REPLACE VIEW telemetry.energy_hourly_materialized AS
+    SELECT 'meter'::text AS stream, meter_id::text AS device_id, bucket, kwh_consumed_ac AS kwh,
+           voltage_sum AS level_sum, readings::integer AS readings
+    FROM telemetry.meter_energy_hourly_materialized
+    UNION ALL
+    SELECT 'vehicle'::text, vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
+    FROM telemetry.vehicle_energy_hourly_materialized;
 
-CREATE OR REPLACE FUNCTION telemetry.days_start(p_from timestamptz, p_to timestamptz, p_use_daily boolean)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN p_use_daily THEN telemetry.day_ceil(telemetry.hour_ceil(p_from)) ELSE 'infinity' END
-$$;
+CREATE OR REPLACE VIEW telemetry.energy_daily_materialized AS
+    SELECT 'meter'::text AS stream, meter_id::text AS device_id, bucket, kwh_consumed_ac AS kwh,
+           voltage_sum AS level_sum, readings::integer AS readings
+    FROM telemetry.meter_energy_daily_materialized
+    UNION ALL
+    SELECT 'vehicle'::text, vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
+    FROM telemetry.vehicle_energy_daily_materialized;
 
-CREATE OR REPLACE FUNCTION telemetry.days_end(p_from timestamptz, p_to timestamptz, p_use_daily boolean)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN p_use_daily THEN time_bucket(INTERVAL '1 day', time_bucket(INTERVAL '1 hour', p_to))
-                ELSE '-infinity' END
-$$;
+-- The parts of [p_from, p_to) for one stream:
+--   raw readings   [p_from, head_to)  and  [tail_from, p_to)
+--   hourly rows    [hours_from, hours_to), except the whole days [days_from, days_to)
+--   daily rows     [days_from, days_to)
+-- Hours at or past the hourly watermark are raw (in the tail part); days are used only when asked
+-- (p_use_daily) and only where both the hourly and the daily aggregate are materialized.
+CREATE OR REPLACE FUNCTION telemetry.window_parts(
+    p_stream text, p_from timestamptz, p_to timestamptz, p_use_daily boolean DEFAULT true,
+    OUT head_to timestamptz, OUT tail_from timestamptz, OUT hours_from timestamptz, OUT hours_to timestamptz,
+    OUT days_from timestamptz, OUT days_to timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    h0 timestamptz := telemetry.hour_ceil(p_from);
+    h1 timestamptz := time_bucket(INTERVAL '1 hour', p_to);
+    hourly_mark timestamptz := telemetry.aggregate_watermark(
+        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_hourly'::regclass
+                      ELSE 'telemetry.vehicle_energy_hourly'::regclass END);
+    d0 timestamptz;
+    d1 timestamptz;
+BEGIN
+    head_to := least(h0, p_to);
+    tail_from := greatest(h0, least(hourly_mark, h1));
+    hours_from := h0;
+    hours_to := least(h1, hourly_mark);
+    days_from := h0;  -- no days: an empty range, which excludes no hour
+    days_to := h0;
+    IF p_use_daily THEN
+        d0 := telemetry.day_ceil(h0);
+        d1 := time_bucket(INTERVAL '1 day', hours_to);
+        IF d0 < d1 THEN
+            d1 := least(d1, telemetry.aggregate_watermark(
+                CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
+                              ELSE 'telemetry.vehicle_energy_daily'::regclass END));
+            IF d0 < d1 THEN
+                days_from := d0;
+                days_to := d1;
+            END IF;
+        END IF;
+    END IF;
+END $$;
 
-CREATE OR REPLACE FUNCTION telemetry.meter_energy_pieces(
-    p_from timestamptz, p_to timestamptz, p_meters text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
-RETURNS TABLE (meter_id text, piece_start timestamptz, kwh double precision,
-               voltage_sum double precision, readings bigint)
+-- Every reading of a stream in [p_from, p_to), as parts (one raw reading, one hour or one day
+-- each), given the bounds from telemetry.window_parts. Inlined into its caller: a device filter
+-- on the result is pushed down into every branch and reaches the (device, time) indexes.
+CREATE OR REPLACE FUNCTION telemetry.energy_pieces(
+    p_stream text, p_from timestamptz, p_to timestamptz, p_head_to timestamptz, p_tail_from timestamptz,
+    p_hours_from timestamptz, p_hours_to timestamptz, p_days_from timestamptz, p_days_to timestamptz)
+RETURNS TABLE (device_id text, piece_start timestamptz, kwh double precision, level_sum double precision,
+               readings integer)
 LANGUAGE sql STABLE AS $$
-    WITH watermark AS MATERIALIZED (
-        SELECT telemetry.aggregate_watermark('telemetry.meter_energy_hourly') AS hourly,
-               telemetry.aggregate_watermark('telemetry.meter_energy_daily') AS daily
-    )
-    -- raw readings: the partial hours at the edges, and whole hours past the hourly watermark
-    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
-    FROM telemetry.meter_readings r
-    WHERE p_from < telemetry.head_end(p_from, p_to)
-      AND r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
-      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
+    SELECT r.device_id, r.time, r.kwh, r.level, 1
+    FROM telemetry.energy_readings r
+    WHERE r.stream = p_stream AND r.time >= p_from AND r.time < p_head_to
     UNION ALL
-    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
-    FROM telemetry.meter_readings r
-    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
-      AND r.time >= greatest(telemetry.hour_ceil(p_from), (SELECT hourly FROM watermark))
-      AND r.time < time_bucket(INTERVAL '1 hour', p_to)
-      AND NOT (r.time >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND r.time < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
-      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
+    SELECT r.device_id, r.time, r.kwh, r.level, 1
+    FROM telemetry.energy_readings r
+    WHERE r.stream = p_stream AND r.time >= p_tail_from AND r.time < p_to
     UNION ALL
-    SELECT r.meter_id, r.time, r.kwh_consumed_ac, r.voltage, 1::bigint
-    FROM telemetry.meter_readings r
-    WHERE telemetry.tail_start(p_from, p_to) < p_to
-      AND r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
-      AND (p_meters IS NULL OR r.meter_id = ANY (p_meters))
+    SELECT h.device_id, h.bucket, h.kwh, h.level_sum, h.readings
+    FROM telemetry.energy_hourly_materialized h
+    WHERE h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
+      AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
     UNION ALL
-    -- materialized whole hours, outside the materialized whole days
-    SELECT h.meter_id, h.bucket, h.kwh_consumed_ac, h.voltage_sum, h.readings
-    FROM telemetry.meter_energy_hourly_materialized h
-    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
-      AND h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
-      AND h.bucket < (SELECT hourly FROM watermark)
-      AND NOT (h.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND h.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
-      AND (p_meters IS NULL OR h.meter_id = ANY (p_meters))
-    UNION ALL
-    -- materialized whole days
-    SELECT d.meter_id, d.bucket, d.kwh_consumed_ac, d.voltage_sum, d.readings
-    FROM telemetry.meter_energy_daily_materialized d
-    WHERE telemetry.days_start(p_from, p_to, p_use_daily) < telemetry.days_end(p_from, p_to, p_use_daily)
-      AND d.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-      AND d.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark))
-      AND (p_meters IS NULL OR d.meter_id = ANY (p_meters))
+    SELECT d.device_id, d.bucket, d.kwh, d.level_sum, d.readings
+    FROM telemetry.energy_daily_materialized d
+    WHERE d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
 $$;
 
-CREATE OR REPLACE FUNCTION telemetry.vehicle_energy_pieces(
-    p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
-RETURNS TABLE (vehicle_id text, piece_start timestamptz, kwh double precision,
-               battery_temp_sum double precision, readings bigint)
-LANGUAGE sql STABLE AS $$
-    WITH watermark AS MATERIALIZED (
-        SELECT telemetry.aggregate_watermark('telemetry.vehicle_energy_hourly') AS hourly,
-               telemetry.aggregate_watermark('telemetry.vehicle_energy_daily') AS daily
-    )
-    -- raw readings: the partial hours at the edges, and whole hours past the hourly watermark
-    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
-    FROM telemetry.vehicle_readings r
-    WHERE p_from < telemetry.head_end(p_from, p_to)
-      AND r.time >= p_from AND r.time < telemetry.head_end(p_from, p_to)
-      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
-    UNION ALL
-    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
-    FROM telemetry.vehicle_readings r
-    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
-      AND r.time >= greatest(telemetry.hour_ceil(p_from), (SELECT hourly FROM watermark))
-      AND r.time < time_bucket(INTERVAL '1 hour', p_to)
-      AND NOT (r.time >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND r.time < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
-      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
-    UNION ALL
-    SELECT r.vehicle_id, r.time, r.kwh_delivered_dc, r.battery_temp, 1::bigint
-    FROM telemetry.vehicle_readings r
-    WHERE telemetry.tail_start(p_from, p_to) < p_to
-      AND r.time >= telemetry.tail_start(p_from, p_to) AND r.time < p_to
-      AND (p_vehicles IS NULL OR r.vehicle_id = ANY (p_vehicles))
-    UNION ALL
-    -- materialized whole hours, outside the materialized whole days
-    SELECT h.vehicle_id, h.bucket, h.kwh_delivered_dc, h.battery_temp_sum, h.readings
-    FROM telemetry.vehicle_energy_hourly_materialized h
-    WHERE telemetry.hour_ceil(p_from) < time_bucket(INTERVAL '1 hour', p_to)
-      AND h.bucket >= telemetry.hour_ceil(p_from) AND h.bucket < time_bucket(INTERVAL '1 hour', p_to)
-      AND h.bucket < (SELECT hourly FROM watermark)
-      AND NOT (h.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-               AND h.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark)))
-      AND (p_vehicles IS NULL OR h.vehicle_id = ANY (p_vehicles))
-    UNION ALL
-    -- materialized whole days
-    SELECT d.vehicle_id, d.bucket, d.kwh_delivered_dc, d.battery_temp_sum, d.readings
-    FROM telemetry.vehicle_energy_daily_materialized d
-    WHERE telemetry.days_start(p_from, p_to, p_use_daily) < telemetry.days_end(p_from, p_to, p_use_daily)
-      AND d.bucket >= telemetry.days_start(p_from, p_to, p_use_daily)
-      AND d.bucket < least(telemetry.days_end(p_from, p_to, p_use_daily), (SELECT daily FROM watermark))
-      AND (p_vehicles IS NULL OR d.vehicle_id = ANY (p_vehicles))
-$$;
+-- One device's totals over a window: the per-request path of the performance endpoint. One static
+-- statement per stream, so that each generic plan holds only that stream's relations.
+CREATE OR REPLACE FUNCTION telemetry.device_energy(
+    p_stream text, p_device text, p_from timestamptz, p_to timestamptz,
+    OUT kwh double precision, OUT level_sum double precision, OUT readings bigint)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    w record;
+BEGIN
+    w := telemetry.window_parts(p_stream, p_from, p_to);
+    IF p_stream = 'meter' THEN
+        SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
+        INTO kwh, level_sum, readings
+        FROM telemetry.energy_pieces('meter', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
+                                     w.days_from, w.days_to) e
+        WHERE e.device_id = p_device;
+    ELSE
+        SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
+        INTO kwh, level_sum, readings
+        FROM telemetry.energy_pieces('vehicle', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
+                                     w.days_from, w.days_to) e
+        WHERE e.device_id = p_device;
+    END IF;
+END $$;
+
+-- One device's parts over a window, for series.
+CREATE OR REPLACE FUNCTION telemetry.device_pieces(
+    p_stream text, p_device text, p_from timestamptz, p_to timestamptz, p_use_daily boolean)
+RETURNS TABLE (piece_start timestamptz, kwh double precision, level_sum double precision, readings integer)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    w record;
+BEGIN
+    w := telemetry.window_parts(p_stream, p_from, p_to, p_use_daily);
+    RETURN QUERY
+    SELECT e.piece_start, e.kwh, e.level_sum, e.readings
+    FROM telemetry.energy_pieces(p_stream, p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
+                                 w.days_from, w.days_to) e
+    WHERE e.device_id = p_device;
+END $$;
 
 -- The link periods of each vehicle clipped to the window: AC is read from the meter that fed the
 -- vehicle's charger at the time.
@@ -151,48 +186,6 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WHERE l.valid && tstzrange(p_from, p_to)
       AND (p_vehicles IS NULL OR l.vehicle_id = ANY (p_vehicles))
 $$;
-
--- AC pieces per vehicle: the linked meters' pieces over each link period. PL/pgSQL on purpose: the
--- meters are resolved first and passed as a plain value, so the pieces query is inlined and planned
--- with the window bounds as constants (a subquery argument would prevent that, and with it the
--- exclusion of chunks outside the window). Periods covering the whole window (the usual case) are
--- read in one set-based call; only periods cut by a relink are read per period.
-CREATE OR REPLACE FUNCTION telemetry.vehicle_ac_pieces(
-    p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL, p_use_daily boolean DEFAULT true)
-RETURNS TABLE (vehicle_id text, meter_id text, piece_start timestamptz, kwh double precision, readings bigint)
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    whole_meters text[];
-    has_cut boolean;
-BEGIN
-    SELECT array_agg(DISTINCT l.meter_id) FILTER (WHERE l.period_from = p_from AND l.period_to = p_to),
-           bool_or(NOT (l.period_from = p_from AND l.period_to = p_to))
-    INTO whole_meters, has_cut
-    FROM telemetry.link_periods(p_from, p_to, p_vehicles) l;
-
-    IF whole_meters IS NOT NULL THEN
-        RETURN QUERY
-        SELECT p.vehicle_id, p.meter_id, e.piece_start, e.kwh, e.readings
-        FROM telemetry.meter_energy_pieces(
-                 p_from, p_to, CASE WHEN p_vehicles IS NOT NULL THEN whole_meters END, p_use_daily) e
-        JOIN telemetry.link_periods(p_from, p_to, p_vehicles) p
-          ON p.meter_id = e.meter_id AND p.period_from = p_from AND p.period_to = p_to;
-    END IF;
-
-    IF NOT has_cut THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    WITH cut AS (
-        SELECT * FROM telemetry.link_periods(p_from, p_to, p_vehicles) l
-        WHERE NOT (l.period_from = p_from AND l.period_to = p_to)
-    )
-    SELECT p.vehicle_id, p.meter_id, e.piece_start, e.kwh, e.readings
-    FROM (SELECT c.period_from, c.period_to, array_agg(DISTINCT c.meter_id) AS meters
-          FROM cut c GROUP BY c.period_from, c.period_to) w
-    CROSS JOIN LATERAL telemetry.meter_energy_pieces(w.period_from, w.period_to, w.meters, p_use_daily) e
-    JOIN cut p ON p.meter_id = e.meter_id AND p.period_from = w.period_from AND p.period_to = w.period_to;
-END $$;
 
 CREATE OR REPLACE FUNCTION telemetry.verdict(
     ac_kwh double precision, dc_kwh double precision, meter_readings bigint, vehicle_readings bigint,
@@ -209,40 +202,109 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END
 $$;
 
--- Per-vehicle performance over a window: every vehicle with a link or DC readings in it.
+-- One vehicle over a window: DC from its own readings, AC from the meters linked to it over each
+-- part of the window. No row for a vehicle with neither a link nor readings in the window.
 CREATE OR REPLACE FUNCTION telemetry.vehicle_performance(
-    p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL,
+    p_vehicle text, p_from timestamptz, p_to timestamptz,
     healthy double precision DEFAULT 0.85, degraded double precision DEFAULT 0.75,
     min_ac_kwh double precision DEFAULT 0.1)
 RETURNS TABLE (vehicle_id text, meter_id text, linked boolean, ac_kwh double precision,
                dc_kwh double precision, loss_kwh double precision, efficiency double precision,
                avg_battery_temp double precision, meter_readings bigint, vehicle_readings bigint,
                verdict text)
-LANGUAGE sql STABLE AS $$
-    WITH ac AS (
-        SELECT vehicle_id, sum(kwh) AS kwh, sum(readings)::bigint AS readings
-        FROM telemetry.vehicle_ac_pieces(p_from, p_to, p_vehicles) GROUP BY vehicle_id
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    dc record;
+    ac record;
+    link record;
+    ac_total double precision := 0;
+    ac_n bigint := 0;
+    latest_meter text;
+BEGIN
+    dc := telemetry.device_energy('vehicle', p_vehicle, p_from, p_to);
+    FOR link IN
+        SELECT l.meter_id, greatest(lower(l.valid), p_from) AS period_from, least(upper(l.valid), p_to) AS period_to
+        FROM telemetry.vehicle_meter_links l
+        WHERE l.vehicle_id = p_vehicle AND l.valid && tstzrange(p_from, p_to)
+        ORDER BY lower(l.valid)
+    LOOP
+        ac := telemetry.device_energy('meter', link.meter_id, link.period_from, link.period_to);
+        ac_total := ac_total + ac.kwh;
+        ac_n := ac_n + ac.readings;
+        latest_meter := link.meter_id;
+    END LOOP;
+    IF latest_meter IS NULL AND dc.readings = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT
+        p_vehicle, latest_meter, latest_meter IS NOT NULL, ac_total, dc.kwh, ac_total - dc.kwh,
+        CASE WHEN ac_total > 0 THEN dc.kwh / ac_total END,
+        dc.level_sum / nullif(dc.readings, 0), ac_n, dc.readings,
+        telemetry.verdict(ac_total, dc.kwh, ac_n, dc.readings, healthy, degraded, min_ac_kwh);
+END $$;
+
+-- Every vehicle with a link or DC readings in the window, set-based: each stream is summed per
+-- device in one pass over its parts, then AC is attached to vehicles through the links. Links that
+-- cover the whole window (the usual case) use the per-meter sums; periods cut by a relink are read
+-- per period.
+CREATE OR REPLACE FUNCTION telemetry.fleet_performance(
+    p_from timestamptz, p_to timestamptz,
+    healthy double precision DEFAULT 0.85, degraded double precision DEFAULT 0.75,
+    min_ac_kwh double precision DEFAULT 0.1)
+RETURNS TABLE (vehicle_id text, meter_id text, linked boolean, ac_kwh double precision,
+               dc_kwh double precision, loss_kwh double precision, efficiency double precision,
+               avg_battery_temp double precision, meter_readings bigint, vehicle_readings bigint,
+               verdict text)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    m record;
+    v record;
+BEGIN
+    m := telemetry.window_parts('meter', p_from, p_to);
+    v := telemetry.window_parts('vehicle', p_from, p_to);
+    RETURN QUERY
+    WITH links AS MATERIALIZED (
+        SELECT l.*, (l.period_from = p_from AND l.period_to = p_to) AS whole
+        FROM telemetry.link_periods(p_from, p_to) l
+    ), meter_totals AS (
+        SELECT e.device_id, sum(e.kwh) AS kwh, sum(e.readings)::bigint AS readings
+        FROM telemetry.energy_pieces('meter', p_from, p_to, m.head_to, m.tail_from, m.hours_from, m.hours_to,
+                                     m.days_from, m.days_to) e
+        GROUP BY e.device_id
+    ), ac AS (
+        SELECT l.vehicle_id, sum(t.kwh) AS kwh, sum(t.readings)::bigint AS readings
+        FROM links l JOIN meter_totals t ON t.device_id = l.meter_id
+        WHERE l.whole
+        GROUP BY l.vehicle_id
+        UNION ALL
+        SELECT l.vehicle_id, sum(e.kwh), sum(e.readings)::bigint
+        FROM links l CROSS JOIN LATERAL telemetry.device_energy('meter', l.meter_id, l.period_from, l.period_to) e
+        WHERE NOT l.whole
+        GROUP BY l.vehicle_id
+    ), ac_total AS (
+        SELECT a.vehicle_id, sum(a.kwh) AS kwh, sum(a.readings)::bigint AS readings FROM ac a GROUP BY a.vehicle_id
     ), latest_link AS (
-        SELECT DISTINCT ON (vehicle_id) vehicle_id, meter_id
-        FROM telemetry.link_periods(p_from, p_to, p_vehicles)
-        ORDER BY vehicle_id, period_to DESC NULLS FIRST
+        SELECT DISTINCT ON (l.vehicle_id) l.vehicle_id, l.meter_id
+        FROM links l ORDER BY l.vehicle_id, l.period_to DESC
     ), dc AS (
-        SELECT vehicle_id, sum(kwh) AS kwh, sum(battery_temp_sum) AS temp_sum, sum(readings)::bigint AS readings
-        FROM telemetry.vehicle_energy_pieces(p_from, p_to, p_vehicles) GROUP BY vehicle_id
-    ), vehicles AS (
-        SELECT vehicle_id FROM latest_link UNION SELECT vehicle_id FROM dc
+        SELECT e.device_id AS vehicle_id, sum(e.kwh) AS kwh, sum(e.level_sum) AS temp_sum,
+               sum(e.readings)::bigint AS readings
+        FROM telemetry.energy_pieces('vehicle', p_from, p_to, v.head_to, v.tail_from, v.hours_from, v.hours_to,
+                                     v.days_from, v.days_to) e
+        GROUP BY e.device_id
     )
-    SELECT v.vehicle_id, l.meter_id, l.meter_id IS NOT NULL,
-           coalesce(ac.kwh, 0), coalesce(dc.kwh, 0), coalesce(ac.kwh, 0) - coalesce(dc.kwh, 0),
-           CASE WHEN ac.kwh > 0 THEN coalesce(dc.kwh, 0) / ac.kwh END,
+    SELECT coalesce(l.vehicle_id, dc.vehicle_id), l.meter_id, l.meter_id IS NOT NULL,
+           coalesce(a.kwh, 0), coalesce(dc.kwh, 0), coalesce(a.kwh, 0) - coalesce(dc.kwh, 0),
+           CASE WHEN a.kwh > 0 THEN coalesce(dc.kwh, 0) / a.kwh END,
            dc.temp_sum / nullif(dc.readings, 0),
-           coalesce(ac.readings, 0), coalesce(dc.readings, 0),
-           telemetry.verdict(ac.kwh, dc.kwh, ac.readings, dc.readings, healthy, degraded, min_ac_kwh)
-    FROM vehicles v
-    LEFT JOIN latest_link l USING (vehicle_id)
-    LEFT JOIN ac USING (vehicle_id)
-    LEFT JOIN dc USING (vehicle_id)
-$$;
+           coalesce(a.readings, 0), coalesce(dc.readings, 0),
+           telemetry.verdict(a.kwh, dc.kwh, a.readings, dc.readings, healthy, degraded, min_ac_kwh)
+    FROM latest_link l
+    FULL JOIN dc ON dc.vehicle_id = l.vehicle_id
+    LEFT JOIN ac_total a ON a.vehicle_id = l.vehicle_id;
+END $$;
 
 -- One vehicle's AC, DC, efficiency and battery temperature per bucket of the window.
 CREATE OR REPLACE FUNCTION telemetry.vehicle_series(
@@ -252,13 +314,15 @@ RETURNS TABLE (bucket timestamptz, ac_kwh double precision, dc_kwh double precis
                meter_readings bigint, vehicle_readings bigint)
 LANGUAGE sql STABLE AS $$
     WITH ac AS (
-        SELECT time_bucket(p_bucket, piece_start) AS bucket, sum(kwh) AS kwh, sum(readings)::bigint AS readings
-        FROM telemetry.vehicle_ac_pieces(p_from, p_to, ARRAY[p_vehicle], p_bucket >= INTERVAL '1 day')
+        SELECT time_bucket(p_bucket, e.piece_start) AS bucket, sum(e.kwh) AS kwh, sum(e.readings)::bigint AS readings
+        FROM telemetry.link_periods(p_from, p_to, ARRAY[p_vehicle]) l
+        CROSS JOIN LATERAL telemetry.device_pieces('meter', l.meter_id, l.period_from, l.period_to,
+                                                   p_bucket >= INTERVAL '1 day') e
         GROUP BY 1
     ), dc AS (
-        SELECT time_bucket(p_bucket, piece_start) AS bucket, sum(kwh) AS kwh,
-               sum(battery_temp_sum) AS temp_sum, sum(readings)::bigint AS readings
-        FROM telemetry.vehicle_energy_pieces(p_from, p_to, ARRAY[p_vehicle], p_bucket >= INTERVAL '1 day')
+        SELECT time_bucket(p_bucket, e.piece_start) AS bucket, sum(e.kwh) AS kwh,
+               sum(e.level_sum) AS temp_sum, sum(e.readings)::bigint AS readings
+        FROM telemetry.device_pieces('vehicle', p_vehicle, p_from, p_to, p_bucket >= INTERVAL '1 day') e
         GROUP BY 1
     )
     SELECT bucket, coalesce(ac.kwh, 0), coalesce(dc.kwh, 0),
@@ -279,7 +343,7 @@ RETURNS TABLE (vehicles bigint, linked_vehicles bigint, ac_kwh double precision,
                meter_readings bigint, vehicle_readings bigint, verdicts jsonb, worst jsonb)
 LANGUAGE sql STABLE AS $$
     WITH p AS MATERIALIZED (
-        SELECT * FROM telemetry.vehicle_performance(p_from, p_to, NULL, healthy, degraded, min_ac_kwh)
+        SELECT * FROM telemetry.fleet_performance(p_from, p_to, healthy, degraded, min_ac_kwh)
     ), totals AS (
         SELECT count(*) AS vehicles,
                count(*) FILTER (WHERE linked) AS linked_vehicles,

@@ -1,40 +1,29 @@
-"""Analytics latency on 24 hours of the full fleet: the performance endpoint under concurrent clients
-against the same answer computed over the raw readings, and the fleet endpoint."""
+"""Analytics latency on 24 hours of the full fleet, loaded through the ingestion path: the performance
+endpoint, the SQL function behind it and the same answer computed over the raw readings, side by side
+with the same vehicles, windows and number of concurrent clients; and the fleet endpoint."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
 
+from api import analytics
 from api.maintenance import run_refresh_policies
 from bench.env import ApiProcess, create_key, fresh_database
 from bench.ingest import percentile
 
-# One hour of one stream for the whole fleet, generated in the database and written through the
-# platform's ingest functions (staging table, deduplication, current state, aggregates).
-_LOAD_HOUR = {
-    "meters": """
-        INSERT INTO pg_temp.meter_staging (meter_id, time, kwh_consumed_ac, voltage)
-        SELECT format('MTR-%%s', lpad(d::text, 5, '0')), %(hour)s + m * INTERVAL '1 minute',
-               0.05 + ((d * 7 + m * 13) %% 100) / 1000.0, 228 + (d %% 5)
-        FROM generate_series(0, %(devices)s - 1) d, generate_series(0, 59) m""",
-    "vehicles": """
-        INSERT INTO pg_temp.vehicle_staging (vehicle_id, time, soc, kwh_delivered_dc, battery_temp)
-        SELECT format('EV-%%s', lpad(d::text, 5, '0')), %(hour)s + m * INTERVAL '1 minute', 20 + m,
-               (0.05 + ((d * 7 + m * 13) %% 100) / 1000.0) * CASE WHEN d %% 50 = 0 THEN 0.62 ELSE 0.91 END,
-               25 + (d %% 9)
-        FROM generate_series(0, %(devices)s - 1) d, generate_series(0, 59) m""",
-}
-_INGEST = {"meters": "SELECT * FROM telemetry.ingest_meter_staging()",
-           "vehicles": "SELECT * FROM telemetry.ingest_vehicle_staging()"}
-
-# The performance answer computed the obvious way, over the raw readings.
+# The answer computed the obvious way: every raw reading of the vehicle and of its linked meter.
 RAW_PERFORMANCE = """
 WITH ac AS (
     SELECT sum(r.kwh_consumed_ac) AS kwh, count(*) AS n
@@ -46,37 +35,77 @@ WITH ac AS (
     SELECT sum(kwh_delivered_dc) AS kwh, avg(battery_temp) AS temp, count(*) AS n
     FROM telemetry.vehicle_readings WHERE vehicle_id = %(vehicle)s AND time >= %(from)s AND time < %(to)s
 )
-SELECT ac.kwh, dc.kwh, dc.kwh / ac.kwh, dc.temp, ac.n, dc.n FROM ac, dc
+SELECT ac.kwh, dc.kwh, dc.kwh / nullif(ac.kwh, 0), dc.temp, ac.n, dc.n FROM ac, dc
 """
 
+# Minute batches of the whole fleet, as gateways send them, written by the platform's SQL write path
+# (staging table, deduplication, current state, aggregates): the --load sql shortcut.
+_MINUTE = {
+    "meters": """
+        INSERT INTO pg_temp.meter_staging (meter_id, time, kwh_consumed_ac, voltage)
+        SELECT format('MTR-%%s', lpad(d::text, 5, '0')), %(minute)s + (d %% 60) * INTERVAL '1 second',
+               0.05 + ((d * 7 + %(m)s * 13) %% 100) / 1000.0, 228 + (d %% 5)
+        FROM generate_series(0, %(devices)s - 1) d""",
+    "vehicles": """
+        INSERT INTO pg_temp.vehicle_staging (vehicle_id, time, soc, kwh_delivered_dc, battery_temp)
+        SELECT format('EV-%%s', lpad(d::text, 5, '0')), %(minute)s + (d %% 60) * INTERVAL '1 second', 20 + %(m)s %% 80,
+               (0.05 + ((d * 7 + %(m)s * 13) %% 100) / 1000.0) * CASE WHEN d %% 50 = 0 THEN 0.62 ELSE 0.91 END,
+               25 + (d %% 9)
+        FROM generate_series(0, %(devices)s - 1) d""",
+}
+_INGEST = {"meters": "SELECT * FROM telemetry.ingest_meter_staging()",
+           "vehicles": "SELECT * FROM telemetry.ingest_vehicle_staging()"}
 
-def load_fleet(url: str, devices: int, hours: int, end: datetime) -> float:
+
+def _load_sql(url: str, devices: int, hours: int, end: datetime) -> None:
     start = end - timedelta(hours=hours)
-
-    def load_stream(stream: str) -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("SELECT telemetry.prepare_staging()")
-            for h in range(hours):
-                with conn.transaction():
-                    conn.execute(_LOAD_HOUR[stream], {"hour": start + timedelta(hours=h), "devices": devices})
-                    conn.execute(_INGEST[stream])
-
-    started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "SELECT count(*) FROM generate_series(0, %s - 1) d, telemetry.link_vehicle("
             "format('EV-%%s', lpad(d::text, 5, '0')), format('MTR-%%s', lpad(d::text, 5, '0')))", (devices,))
+
+    def load_stream(stream: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT telemetry.prepare_staging()")
+            for m in range(hours * 60):
+                with conn.transaction():
+                    conn.execute(_MINUTE[stream], {"minute": start + timedelta(minutes=m), "m": m, "devices": devices})
+                    conn.execute(_INGEST[stream])
+
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(load_stream, ["meters", "vehicles"]))
+
+
+def _load_http(api: ApiProcess, key: str, devices: int, hours: int) -> dict:
+    """`python -m loadgen backfill` against the API, as a gateway would; returns its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "backfill.json"
+        subprocess.run([sys.executable, "-m", "loadgen", "backfill", "--url", api.url, "--api-key", key,
+                        "--meters", str(devices), "--vehicles", str(devices), "--hours", str(hours),
+                        "--batch-size", "5000", "--concurrency", "4", "--report", str(report)], check=True)
+        return json.loads(report.read_text())
+
+
+def _finish_load(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        run_refresh_policies(conn)
+        for _ in range(120):  # a scheduler on the same server may be refreshing right now
+            try:
+                run_refresh_policies(conn)
+                break
+            except psycopg.errors.LockNotAvailable:
+                time.sleep(5)
         conn.execute("VACUUM ANALYZE")
-    return time.perf_counter() - started
 
 
-async def _load_test(base_url: str, key: str, paths: list[tuple[str, dict]], concurrency: int) -> dict:
+def _stats(latencies: list[float], elapsed: float) -> dict:
+    return {"requests": len(latencies), "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "requests_per_s": round(len(latencies) / elapsed, 1)}
+
+
+async def _http_load(base_url: str, key: str, requests: list[tuple[str, dict]], concurrency: int) -> dict:
     latencies: list[float] = []
-    queue = list(paths)
+    queue = list(reversed(requests))
 
     async def worker(client: httpx.AsyncClient) -> None:
         while queue:
@@ -86,53 +115,99 @@ async def _load_test(base_url: str, key: str, paths: list[tuple[str, dict]], con
             latencies.append(time.perf_counter() - t0)
             response.raise_for_status()
 
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
-        await client.get(paths[0][0], params=paths[0][1])  # warm-up
+        for path, params in requests[:concurrency]:  # warm-up: connections, cached plans
+            (await client.get(path, params=params)).raise_for_status()
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 1)}
+    return _stats(latencies, elapsed)
 
 
-def _raw_latencies(url: str, windows: list[dict]) -> dict:
-    latencies = []
-    with psycopg.connect(url) as conn:
-        conn.execute(RAW_PERFORMANCE, windows[0]).fetchall()  # warm-up
-        for params in windows:
-            t0 = time.perf_counter()
-            conn.execute(RAW_PERFORMANCE, params).fetchall()
-            latencies.append(time.perf_counter() - t0)
-    return {"queries": len(latencies), "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2)}
+def _sql_load(url: str, sql: str, params: list[dict], concurrency: int) -> dict:
+    """The same queries straight over psycopg, one connection per concurrent client."""
+    queue = list(reversed(params))
+    latencies: list[float] = []
+
+    def worker() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql, params[0]).fetchall()  # warm-up
+            while queue:
+                p = queue.pop()
+                t0 = time.perf_counter()
+                conn.execute(sql, p).fetchall()
+                latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: worker(), range(concurrency)))
+    return _stats(latencies, time.perf_counter() - started)
 
 
-def run(devices: int, hours: int, requests: int, concurrency: int) -> dict:
+def _check_same_answers(url: str, windows: list[dict]) -> None:
+    """The benchmark compares like with like: the aggregate path and the raw computation agree."""
+    thresholds = {"healthy": 0.85, "degraded": 0.75, "min_ac_kwh": 0.1}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for w in windows:
+            fast = conn.execute(analytics.PERFORMANCE_SQL, {**w, **thresholds}).fetchone()
+            raw = conn.execute(RAW_PERFORMANCE, w).fetchone()
+            same = (fast[8], fast[9]) == (raw[4], raw[5]) and all(
+                abs(a - (b or 0.0)) <= 1e-9 * max(1.0, abs(b or 0.0)) for a, b in ((fast[3], raw[0]), (fast[4], raw[1])))
+            if not same:
+                raise AssertionError(f"aggregate and raw answers differ for {w}: {fast} vs {raw}")
+
+
+def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "http") -> dict:
     url = fresh_database("telemetry_bench_analytics")
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    load_s = load_fleet(url, devices, hours, end)
-    rng = random.Random(42)
-    # The default window: the last 24 hours, unaligned (edges read from raw readings).
-    to = end - timedelta(minutes=23, seconds=11) + timedelta(hours=0)
-    window = {"from": (to - timedelta(hours=24)).isoformat(), "to": to.isoformat()}
-    vehicles = [f"EV-{rng.randrange(devices):05d}" for _ in range(requests)]
     key = create_key(url)
-    with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 2))) as api:
-        performance = asyncio.run(_load_test(
-            api.url, key, [(f"/v1/analytics/performance/{v}", window) for v in vehicles], concurrency))
-        aligned = {"from": (end - timedelta(hours=24)).isoformat(), "to": end.isoformat()}
-        fleet_aligned = asyncio.run(_load_test(api.url, key, [("/v1/analytics/fleet", aligned)] * 20, 2))
-        fleet_unaligned = asyncio.run(_load_test(api.url, key, [("/v1/analytics/fleet", window)] * 10, 2))
-        example = httpx.get(f"{api.url}/v1/analytics/fleet", params={**window, "worst": 3},
-                            headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
-    raw = _raw_latencies(url, [{"vehicle": v, "from": to - timedelta(hours=24), "to": to}
-                               for v in vehicles[:min(300, requests)]])
-    return {
-        "devices": devices * 2, "hours": hours, "readings": devices * 2 * hours * 60, "load_s": round(load_s, 1),
-        "performance_endpoint": performance, "raw_computation": raw,
-        "raw_p50_over_endpoint_p50": round(raw["p50_ms"] / performance["p50_ms"], 2),
-        "fleet_endpoint_aligned_24h": fleet_aligned, "fleet_endpoint_unaligned_24h": fleet_unaligned,
-        "fleet_example": example,
-    }
+    end = datetime.now(UTC)
+    started = time.perf_counter()
+    result: dict = {"devices": devices * 2, "hours": hours, "load": load}
+    with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 4))) as api:
+        if load == "http":
+            result["backfill"] = _load_http(api, key, devices, hours)
+        else:
+            _load_sql(url, devices, hours, end.replace(second=0, microsecond=0))
+        end = datetime.now(UTC)
+        _finish_load(url)
+        result["load_s"] = round(time.perf_counter() - started, 1)
+        with psycopg.connect(url) as conn:
+            result["readings"] = sum(conn.execute(f"SELECT count(*) FROM telemetry.{t}").fetchone()[0]
+                                     for t in ("meter_readings", "vehicle_readings"))
+
+        # The default window of the endpoint: the last 24 hours, edges anywhere in the hour.
+        to = end - timedelta(minutes=1, seconds=17)
+        window = {"from": to - timedelta(hours=24), "to": to}
+        rng = random.Random(42)
+        vehicles = [f"EV-{rng.randrange(devices):05d}" for _ in range(requests)]
+        _check_same_answers(url, [{"vehicle": v, **window} for v in vehicles[:20]])
+        query = {"from": window["from"].isoformat(), "to": window["to"].isoformat()}
+        result["window"] = query
+        result["performance_endpoint"] = asyncio.run(_http_load(
+            api.url, key, [(f"/v1/analytics/performance/{v}", query) for v in vehicles], concurrency))
+        thresholds = {"healthy": 0.85, "degraded": 0.75, "min_ac_kwh": 0.1}
+        result["performance_sql"] = _sql_load(url, analytics.PERFORMANCE_SQL,
+                                              [{"vehicle": v, **window, **thresholds} for v in vehicles], concurrency)
+        result["raw_computation"] = _sql_load(url, RAW_PERFORMANCE, [{"vehicle": v, **window} for v in vehicles],
+                                              concurrency)
+        raw, endpoint, sql = result["raw_computation"], result["performance_endpoint"], result["performance_sql"]
+        result["raw_p50_over_endpoint_p50"] = round(raw["p50_ms"] / endpoint["p50_ms"], 1)
+        result["raw_p50_over_sql_p50"] = round(raw["p50_ms"] / sql["p50_ms"], 1)
+        result["endpoint_rps_over_raw_rps"] = round(endpoint["requests_per_s"] / raw["requests_per_s"], 1)
+
+        whole_hours_end = to.replace(minute=0, second=0, microsecond=0)
+        fleet_windows = {
+            "fleet_endpoint_24_whole_hours": {"from": (whole_hours_end - timedelta(hours=24)).isoformat(),
+                                              "to": whole_hours_end.isoformat()},
+            "fleet_endpoint_last_24h": query,
+        }
+        for name, params in fleet_windows.items():
+            result[name] = asyncio.run(_http_load(api.url, key, [("/v1/analytics/fleet", params)] * 30, 1))
+        result["examples"] = {
+            "performance": httpx.get(f"{api.url}/v1/analytics/performance/{vehicles[0]}", params=query,
+                                     headers={"Authorization": f"Bearer {key}"}, timeout=60).json(),
+            "fleet": httpx.get(f"{api.url}/v1/analytics/fleet", params={**query, "worst": 3},
+                               headers={"Authorization": f"Bearer {key}"}, timeout=60).json(),
+        }
+    return result

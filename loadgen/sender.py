@@ -10,8 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+import msgspec
 
 RETRYABLE_STATUS = {429, 502, 503, 504}
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -58,10 +60,11 @@ class Sender:
     async def request(self, method: str, path: str, body: object) -> httpx.Response:
         """One call with retries; raises after max_attempts."""
         delay = 0.2
+        content = msgspec.json.encode(body)  # once, not per attempt; several times faster than json.dumps
         for attempt in range(1, self.max_attempts + 1):
             try:
                 t0 = time.perf_counter()
-                response = await self.client.request(method, path, json=body)
+                response = await self.client.request(method, path, content=content, headers=_JSON)
                 self.stats.latencies.append(time.perf_counter() - t0)
                 self.stats.requests += 1
                 self.stats.statuses[response.status_code] += 1

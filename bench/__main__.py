@@ -31,11 +31,11 @@ def main() -> None:
                              "through the SQL write path (sql, faster)")
     parser.add_argument("--speedup", type=float, default=100.0, help="loadgen: simulated minutes per minute")
     parser.add_argument("--duration", default="2m", help="loadgen: wall-clock length of the simulation")
-    parser.add_argument("--loadgen-batch-size", type=int, default=1000)
+    parser.add_argument("--loadgen-batch-size", type=int, default=500)
     parser.add_argument("--loadgen-concurrency", type=int, default=4)
     args = parser.parse_args()
     sections = args.only or ["ingest", "analytics", "energygrid", "loadgen"]
-    console = Console()
+    console = Console(width=max(Console().width, 130))
     results: dict[str, object] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     if "ingest" in sections:

@@ -65,7 +65,10 @@ class Fleet:
         Each device draws from its own random stream, so a run is the same for a seed whatever the
         batching, and generating a reading costs a few microseconds (the fleet is 20,000 devices)."""
         readings = []
-        minute_prefix = (start.astimezone(UTC) + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:")
+        base = start.astimezone(UTC) + timedelta(minutes=m)
+        if base.second or base.microsecond:
+            raise ValueError(f"the simulated clock starts on a whole minute, not at {start.isoformat()}")
+        minute_prefix = base.strftime("%Y-%m-%dT%H:%M:")
         for i, c in enumerate(self.chargers):
             rng = c.rng
             if not c.charging and c.soc < 85 and rng.random() < 0.02:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -60,8 +61,9 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
     else:
         minutes = max(1, math.ceil(opts.duration_s * opts.speedup / 60))
         minute_wall = 60.0 / opts.speedup
-        # The simulated clock meets the wall clock at the end, so no timestamp is in the future.
-        start = now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes)
+        # The simulated clock ends at the wall clock's end (or just before it, on a whole minute), so
+        # no timestamp is ever in the future.
+        start = (now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes)).replace(second=0)
     end = start + timedelta(minutes=minutes)
 
     links = [{"vehicleId": vehicle_id(i), "meterId": meter_id(i)} for i in range(opts.devices)]
@@ -71,25 +73,35 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
 
     generated: dict[str, tuple[int, float]] = {}
+
+    def prepare(m: int) -> list[tuple[bytes, int]]:
+        """Minute m's readings with the mess applied, encoded in batches. Runs in a worker thread, so
+        the event loop keeps reading responses (and timing them truly) meanwhile."""
+        readings = fleet.minute(start, m)
+        for r in readings:
+            device = r.get("meterId") or r["vehicleId"]
+            n, total = generated.get(device, (0, 0.0))
+            generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
+        outgoing = mess.apply(m, readings)
+        if m == minutes - 1:
+            outgoing += mess.flush()
+        return [(msgspec.json.encode(outgoing[i:i + opts.batch_size]), len(outgoing[i:i + opts.batch_size]))
+                for i in range(0, len(outgoing), opts.batch_size)]
+
     t0 = last_line = time.monotonic()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(opts.mode, total=minutes, status="")
+        upcoming = asyncio.create_task(asyncio.to_thread(prepare, 0))
         for m in range(minutes):
-            readings = fleet.minute(start, m)
-            for r in readings:
-                device = r.get("meterId") or r["vehicleId"]
-                n, total = generated.get(device, (0, 0.0))
-                generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
-            outgoing = mess.apply(m, readings)
-            if m == minutes - 1:
-                outgoing += mess.flush()
-            slices = max(1, math.ceil(len(outgoing) / opts.batch_size))
-            for s in range(slices):
+            batches = await upcoming
+            if m + 1 < minutes:  # the next minute is prepared while this one goes out
+                upcoming = asyncio.create_task(asyncio.to_thread(prepare, m + 1))
+            for s, (body, rows) in enumerate(batches):
                 if minute_wall:  # spread the minute's readings over the minute, as devices would
-                    due = t0 + (m + s / slices) * minute_wall
+                    due = t0 + (m + s / len(batches)) * minute_wall
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await sender.submit(outgoing[s * opts.batch_size:(s + 1) * opts.batch_size])
+                await sender.submit(body, rows)
             st = sender.stats
             status = (f"sent {st.sent:,}  inserted {st.inserted:,}  dup {st.duplicates:,}  "
                       f"rejected {st.rejected:,}  failed {st.failed:,}")

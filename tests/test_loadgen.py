@@ -3,7 +3,8 @@ against the real API and database whose verification passes, or fails when a rea
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rich.console import Console
@@ -106,3 +107,27 @@ def test_verification_fails_when_a_stored_reading_disappears(database, live_serv
     assert report["verification"]["passed"] is False, report["verification"]
     problems = report["verification"]["problems"]
     assert any(p.startswith("EV-00007: 119 readings stored, 120 accepted") for p in problems), problems
+
+
+def test_readings_carry_the_minute_and_the_device_offset() -> None:
+    fleet = Fleet(4, seed=5)
+    readings = fleet.minute(START, 3)
+    stamps = [datetime.fromisoformat(r["timestamp"]) for r in readings[::2]]
+    assert stamps == [START + timedelta(minutes=3, seconds=15 * i) for i in range(4)]
+    assert all(r["timestamp"].endswith("Z") for r in readings)
+    with pytest.raises(ValueError, match="whole minute"):
+        fleet.minute(START + timedelta(seconds=7), 0)
+
+
+@pytest.mark.slow
+def test_a_paced_simulation_verifies(database, live_server_factory) -> None:
+    """simulate: 40 devices for 6 s at 600x (an hour of simulated minutes), paced and verified."""
+    server = live_server_factory()
+    options = _options(server, database, mode="simulate", speedup=600, duration_s=6, duplicate_rate=0.02)
+    started = time.monotonic()
+    report = run(options, Console(quiet=True))
+    assert report["verification"]["passed"], report["verification"]
+    assert report["minutes"] == 60 and report["inserted"] == 40 * 2 * 60 and report["failed"] == 0
+    assert time.monotonic() - started >= 5  # paced over the duration, not sent at once
+    window_end = datetime.fromisoformat(report["window"]["to"])
+    assert window_end <= datetime.now(UTC)  # nothing was sent from the future

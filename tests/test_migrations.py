@@ -228,7 +228,11 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
     for proc, relation, config in jobs:
         by_kind.setdefault(proc, {})[relation] = config
     assert set(by_kind["policy_refresh_continuous_aggregate"]) == set(AGGREGATE_COLUMNS)
-    assert by_kind["policy_refresh_continuous_aggregate"]["meter_energy_hourly"]["start_offset"] == "30 days"
+    hourly = by_kind["policy_refresh_continuous_aggregate"]["meter_energy_hourly"]
+    # Inside the raw retention, and each hour materialized as soon as it has closed.
+    assert (hourly["start_offset"], hourly["end_offset"]) == ("30 days", "00:05:00")
+    daily = by_kind["policy_refresh_continuous_aggregate"]["vehicle_energy_daily"]
+    assert (daily["start_offset"], daily["end_offset"]) == ("35 days", "01:00:00")
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["meter_energy_hourly"]["drop_after"] == "2 years"

@@ -243,9 +243,10 @@ def test_answers_for_old_windows_survive_raw_retention(client, keys, conn, editi
     series_before = client.get("/v1/analytics/vehicles/V-1/series", params=window,
                                headers=Keys.header(keys.read)).json()["points"]
 
-    # Two days later the raw chunk has expired: drop it as the retention policy / maintenance would.
-    conn.execute("SELECT drop_chunks('telemetry.meter_readings', older_than => %s)", (old + timedelta(days=1),))
-    conn.execute("SELECT drop_chunks('telemetry.vehicle_readings', older_than => %s)", (old + timedelta(days=1),))
+    # Days later the raw chunks have expired (the three hours may span two daily chunks): drop them
+    # as the retention policy / maintenance would.
+    conn.execute("SELECT drop_chunks('telemetry.meter_readings', older_than => %s)", (old + timedelta(days=2),))
+    conn.execute("SELECT drop_chunks('telemetry.vehicle_readings', older_than => %s)", (old + timedelta(days=2),))
     assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 0
 
     after = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()

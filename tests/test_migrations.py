@@ -42,7 +42,8 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
     assert report.edition == empty_database.edition
     assert report.applied == (
         ("0001_readings.sql", "0002_energy_aggregates.community.sql", "0003_policies.community.sql",
-         "0004_energygrid.sql", "0005_energygrid_policies.community.sql")
+         "0004_energygrid.sql", "0005_energygrid_policies.community.sql",
+         "0006_refresh_closed_hours.community.sql")
         if empty_database.edition == "community"
         else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql")
     )

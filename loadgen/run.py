@@ -85,8 +85,8 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         outgoing = mess.apply(m, readings)
         if m == minutes - 1:
             outgoing += mess.flush()
-        return [(msgspec.json.encode(outgoing[i:i + opts.batch_size]), len(outgoing[i:i + opts.batch_size]))
-                for i in range(0, len(outgoing), opts.batch_size)]
+        batches = [outgoing[i:i + opts.batch_size] for i in range(0, len(outgoing), opts.batch_size)]
+        return [(msgspec.json.encode(batch), len(batch)) for batch in batches]
 
     t0 = last_line = time.monotonic()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),

@@ -14,10 +14,12 @@
 -- excludes the chunks outside the window at executor startup. Fleet-wide reads run on custom plans,
 -- where chunks are excluded while planning.
 
--- Signatures of an earlier version of this file.
+-- Objects of an earlier version of this file.
+DROP VIEW IF EXISTS telemetry.energy_hourly_materialized, telemetry.energy_daily_materialized;
 DROP FUNCTION IF EXISTS telemetry.vehicle_performance(timestamptz, timestamptz, text[], double precision,
                                                       double precision, double precision);
 DROP FUNCTION IF EXISTS telemetry.vehicle_ac_pieces(timestamptz, timestamptz, text[], boolean);
+DROP FUNCTION IF EXISTS telemetry.link_periods(timestamptz, timestamptz, text[]);
 DROP FUNCTION IF EXISTS telemetry.meter_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.vehicle_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.head_end(timestamptz, timestamptz);
@@ -46,22 +48,21 @@ CREATE OR REPLACE VIEW telemetry.energy_readings AS
     SELECT 'vehicle'::text, vehicle_id::text, time, kwh_delivered_dc, battery_temp
     FROM telemetry.vehicle_readings;
 
--- The materialized rows of the aggregates (continuous aggregates on Community, tables on Apache):
--- per bucket, the energy, the sum of the averaged quantity and the number of readings.
-CREATE OR REPLACE VIEW telemetry.energy_hourly_materialized AS
-    SELECT 'meter'::text AS stream, meter_id::text AS device_id, bucket, kwh_consumed_ac AS kwh,
-           voltage_sum AS level_sum, readings::integer AS readings
+-- The materialized rows of the aggregates (continuous aggregates on Community, tables on Apache),
+-- hourly and daily: per bucket, the energy, the sum of the averaged quantity and the number of
+-- readings. A query for one grain and one stream keeps only that branch, while planning.
+CREATE OR REPLACE VIEW telemetry.energy_materialized AS
+    SELECT 'hour'::text AS grain, 'meter'::text AS stream, meter_id::text AS device_id, bucket,
+           kwh_consumed_ac AS kwh, voltage_sum AS level_sum, readings::integer AS readings
     FROM telemetry.meter_energy_hourly_materialized
     UNION ALL
-    SELECT 'vehicle'::text, vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
-    FROM telemetry.vehicle_energy_hourly_materialized;
-
-CREATE OR REPLACE VIEW telemetry.energy_daily_materialized AS
-    SELECT 'meter'::text AS stream, meter_id::text AS device_id, bucket, kwh_consumed_ac AS kwh,
-           voltage_sum AS level_sum, readings::integer AS readings
+    SELECT 'hour', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
+    FROM telemetry.vehicle_energy_hourly_materialized
+    UNION ALL
+    SELECT 'day', 'meter', meter_id::text, bucket, kwh_consumed_ac, voltage_sum, readings::integer
     FROM telemetry.meter_energy_daily_materialized
     UNION ALL
-    SELECT 'vehicle'::text, vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
+    SELECT 'day', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
     FROM telemetry.vehicle_energy_daily_materialized;
 
 -- The parts of [p_from, p_to) for one stream:
@@ -123,13 +124,13 @@ LANGUAGE sql STABLE AS $$
     WHERE r.stream = p_stream AND r.time >= p_tail_from AND r.time < p_to
     UNION ALL
     SELECT h.device_id, h.bucket, h.kwh, h.level_sum, h.readings
-    FROM telemetry.energy_hourly_materialized h
-    WHERE h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
+    FROM telemetry.energy_materialized h
+    WHERE h.grain = 'hour' AND h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
       AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
     UNION ALL
     SELECT d.device_id, d.bucket, d.kwh, d.level_sum, d.readings
-    FROM telemetry.energy_daily_materialized d
-    WHERE d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
+    FROM telemetry.energy_materialized d
+    WHERE d.grain = 'day' AND d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
 $$;
 
 -- One device's totals over a window: the per-request path of the performance endpoint. One static
@@ -175,16 +176,15 @@ BEGIN
     WHERE e.device_id = p_device;
 END $$;
 
--- The link periods of each vehicle clipped to the window: AC is read from the meter that fed the
--- vehicle's charger at the time.
-CREATE OR REPLACE FUNCTION telemetry.link_periods(
-    p_from timestamptz, p_to timestamptz, p_vehicles text[] DEFAULT NULL)
+-- The link periods of every vehicle clipped to the window: AC is read from the meter that fed the
+-- vehicle's charger at the time. Inlined into its caller: a filter on vehicle_id is pushed down to
+-- the links' (vehicle_id, valid) index, in generic plans too.
+CREATE OR REPLACE FUNCTION telemetry.link_periods(p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (vehicle_id text, meter_id text, period_from timestamptz, period_to timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT l.vehicle_id, l.meter_id, greatest(lower(l.valid), p_from), least(upper(l.valid), p_to)
     FROM telemetry.vehicle_meter_links l
     WHERE l.valid && tstzrange(p_from, p_to)
-      AND (p_vehicles IS NULL OR l.vehicle_id = ANY (p_vehicles))
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.verdict(
@@ -224,10 +224,8 @@ DECLARE
 BEGIN
     dc := telemetry.device_energy('vehicle', p_vehicle, p_from, p_to);
     FOR link IN
-        SELECT l.meter_id, greatest(lower(l.valid), p_from) AS period_from, least(upper(l.valid), p_to) AS period_to
-        FROM telemetry.vehicle_meter_links l
-        WHERE l.vehicle_id = p_vehicle AND l.valid && tstzrange(p_from, p_to)
-        ORDER BY lower(l.valid)
+        SELECT l.meter_id, l.period_from, l.period_to FROM telemetry.link_periods(p_from, p_to) l
+        WHERE l.vehicle_id = p_vehicle ORDER BY l.period_from
     LOOP
         ac := telemetry.device_energy('meter', link.meter_id, link.period_from, link.period_to);
         ac_total := ac_total + ac.kwh;
@@ -315,9 +313,10 @@ RETURNS TABLE (bucket timestamptz, ac_kwh double precision, dc_kwh double precis
 LANGUAGE sql STABLE AS $$
     WITH ac AS (
         SELECT time_bucket(p_bucket, e.piece_start) AS bucket, sum(e.kwh) AS kwh, sum(e.readings)::bigint AS readings
-        FROM telemetry.link_periods(p_from, p_to, ARRAY[p_vehicle]) l
+        FROM telemetry.link_periods(p_from, p_to) l
         CROSS JOIN LATERAL telemetry.device_pieces('meter', l.meter_id, l.period_from, l.period_to,
                                                    p_bucket >= INTERVAL '1 day') e
+        WHERE l.vehicle_id = p_vehicle
         GROUP BY 1
     ), dc AS (
         SELECT time_bucket(p_bucket, e.piece_start) AS bucket, sum(e.kwh) AS kwh,

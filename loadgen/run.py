@@ -121,6 +121,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         with httpx.Client(base_url=opts.url, headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=120) as api:
             problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=opts.devices,
                               generated=generated, inserted=report["inserted"], failed=report["failed"],
+                              ambiguous=report["ambiguous"],
                               charged_faulty=fleet.faulty_vehicles & charged)
         report["verification"] = {"passed": not problems, "problems": problems,
                                   "planted_faulty": sorted(fleet.faulty_vehicles & charged)}

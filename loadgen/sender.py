@@ -23,6 +23,9 @@ class Stats:
     duplicates: int = 0
     rejected: int = 0
     failed: int = 0
+    # Readings of batches accepted after an attempt was cut (connection lost before the answer): that
+    # attempt may have committed, and then the accepted retry counts them as duplicates, not inserted.
+    ambiguous: int = 0
     requests: int = 0
     retries: int = 0
     statuses: Counter = field(default_factory=Counter)
@@ -39,7 +42,8 @@ class Stats:
         elapsed = time.monotonic() - self.started
         return {
             "sent": self.sent, "inserted": self.inserted, "duplicates": self.duplicates,
-            "rejected": self.rejected, "failed": self.failed, "requests": self.requests, "retries": self.retries,
+            "rejected": self.rejected, "failed": self.failed, "ambiguous": self.ambiguous,
+            "requests": self.requests, "retries": self.retries,
             "elapsed_s": round(elapsed, 2), "rows_per_s": round(self.sent / elapsed, 1) if elapsed else 0.0,
             "latency_ms": {f"p{int(q * 100)}": round(self.percentile(q) * 1000, 1) for q in (0.5, 0.95, 0.99)},
             "errors_by_status": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))
@@ -59,6 +63,12 @@ class Sender:
 
     async def request(self, method: str, path: str, body: object | bytes) -> httpx.Response:
         """One call with retries; raises after max_attempts. `body` is JSON-encoded unless already bytes."""
+        response, _ = await self._attempts(method, path, body)
+        return response
+
+    async def _attempts(self, method: str, path: str, body: object | bytes) -> tuple[httpx.Response, bool]:
+        """The retry loop; also says whether an attempt was cut before its answer."""
+        cut = False
         delay = 0.2
         content = body if isinstance(body, bytes) else msgspec.json.encode(body)
         for attempt in range(1, self.max_attempts + 1):
@@ -69,9 +79,10 @@ class Sender:
                 self.stats.requests += 1
                 self.stats.statuses[response.status_code] += 1
                 if response.status_code not in RETRYABLE_STATUS:
-                    return response
+                    return response, cut
                 wait = float(response.headers.get("retry-after") or delay)
             except httpx.TransportError:
+                cut = True
                 self.stats.statuses["connection_error"] += 1
                 wait = delay
             if attempt == self.max_attempts:
@@ -83,13 +94,15 @@ class Sender:
 
     async def _send_batch(self, body: bytes, rows: int) -> None:
         try:
-            response = await self.request("POST", "/v1/telemetry", body)
+            response, cut = await self._attempts("POST", "/v1/telemetry", body)
         except RuntimeError:
             self.stats.failed += rows
             return
         finally:
             self.slots.release()
         if response.status_code == 200:
+            if cut:
+                self.stats.ambiguous += rows
             result = response.json()
             self.stats.inserted += result["inserted"]
             self.stats.duplicates += result["duplicates"]

@@ -44,12 +44,12 @@ async def run_maintenance_periodically(pool: AsyncConnectionPool, settings: Sett
 
 def run_refresh_policies(conn: psycopg.Connection) -> int:
     """Run the continuous-aggregate refresh policies now, as the scheduler would: hourly aggregates
-    first, then the daily ones built on them. Returns how many ran (0 on the Apache edition, whose
+    first, then the six-hour and daily ones built on them. Returns how many ran (0 on the Apache edition, whose
     aggregate tables the ingest keeps exact). `conn` must be in autocommit mode."""
     jobs = conn.execute(
         """SELECT job_id FROM timescaledb_information.jobs
            WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_schema = 'telemetry'
-           ORDER BY hypertable_name LIKE '%daily', job_id"""
+           ORDER BY hypertable_name NOT LIKE '%hourly', job_id"""
     ).fetchall()
     for (job,) in jobs:
         conn.execute("CALL run_job(%s)", (job,))

@@ -182,16 +182,18 @@ def test_the_aggregates_equal_the_raw_readings(client: TestClient, keys: Keys, c
                       kwh=rng.random()) for _ in range(400)]
     post(client, "/v1/telemetry/meters", readings, keys.ingest)
     post(client, "/v1/telemetry/meters", readings[::3], keys.ingest)  # retries
-    compare = conn.execute(
-        """SELECT r.meter_id, r.bucket, r.kwh, a.kwh_consumed_ac, r.n, a.readings
-           FROM (SELECT meter_id, time_bucket('1 hour', time) bucket, sum(kwh_consumed_ac) kwh, count(*) n
-                 FROM telemetry.meter_readings GROUP BY 1, 2) r
-           FULL JOIN telemetry.meter_energy_hourly a USING (meter_id, bucket)"""
-    ).fetchall()
-    assert compare
-    for _, _, raw_kwh, agg_kwh, raw_n, agg_n in compare:
-        assert raw_n == agg_n
-        assert agg_kwh == pytest.approx(raw_kwh, rel=1e-9)
+    for aggregate, width, buckets in (("meter_energy_hourly", "1 hour", 10), ("meter_energy_6h", "6 hours", 2),
+                                      ("meter_energy_daily", "1 day", 1)):
+        compare = conn.execute(
+            f"""SELECT r.meter_id, r.bucket, r.kwh, a.kwh_consumed_ac, r.n, a.readings
+                FROM (SELECT meter_id, time_bucket('{width}', time) bucket, sum(kwh_consumed_ac) kwh, count(*) n
+                      FROM telemetry.meter_readings GROUP BY 1, 2) r
+                FULL JOIN telemetry.{aggregate} a USING (meter_id, bucket)"""
+        ).fetchall()
+        assert len({row[1] for row in compare}) >= buckets, aggregate  # ten hours of readings
+        for _, _, raw_kwh, agg_kwh, raw_n, agg_n in compare:
+            assert raw_n == agg_n, aggregate
+            assert agg_kwh == pytest.approx(raw_kwh, rel=1e-9), aggregate
 
 
 def test_any_rfc3339_offset_is_accepted_everywhere(client: TestClient, keys: Keys, conn) -> None:

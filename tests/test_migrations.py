@@ -15,10 +15,14 @@ from tests.fix_db import SQL_DIR, Database
 AGGREGATE_COLUMNS = {
     "meter_energy_hourly": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
                             "voltage_max", "readings"],
+    "meter_energy_6h": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
+                        "voltage_max", "readings"],
     "meter_energy_daily": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
                            "voltage_max", "readings"],
     "vehicle_energy_hourly": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
                               "battery_temp_max", "soc_min", "soc_max", "readings"],
+    "vehicle_energy_6h": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
+                          "battery_temp_max", "soc_min", "soc_max", "readings"],
     "vehicle_energy_daily": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
                              "battery_temp_max", "soc_min", "soc_max", "readings"],
 }
@@ -43,9 +47,10 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
     assert report.applied == (
         ("0001_readings.sql", "0002_energy_aggregates.community.sql", "0003_policies.community.sql",
          "0004_energygrid.sql", "0005_energygrid_policies.community.sql",
-         "0006_refresh_closed_hours.community.sql")
+         "0006_refresh_closed_hours.community.sql", "0007_six_hour_aggregates.community.sql")
         if empty_database.edition == "community"
-        else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql")
+        else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql",
+              "0007_six_hour_aggregates.apache.sql")
     )
     with empty_database.connect() as conn:
         ledger = conn.execute("SELECT version, name, edition FROM telemetry.schema_migrations ORDER BY 1").fetchall()
@@ -234,8 +239,11 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
     assert (hourly["start_offset"], hourly["end_offset"]) == ("30 days", "00:05:00")
     daily = by_kind["policy_refresh_continuous_aggregate"]["vehicle_energy_daily"]
     assert (daily["start_offset"], daily["end_offset"]) == ("35 days", "01:00:00")
+    blocks = by_kind["policy_refresh_continuous_aggregate"]["meter_energy_6h"]
+    assert (blocks["start_offset"], blocks["end_offset"]) == ("35 days", "00:15:00")
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["meter_energy_hourly"]["drop_after"] == "2 years"
+    assert by_kind["policy_retention"]["vehicle_energy_6h"]["drop_after"] == "2 years"
     assert "meter_energy_daily" not in by_kind["policy_retention"]
     assert by_kind["policy_compression"]["meter_readings"]["compress_after"] == "2 days"

@@ -14,7 +14,9 @@ BEGIN
                               ('telemetry.vehicle_readings', raw_retention),
                               ('telemetry.energygrid_readings', raw_retention),
                               ('telemetry.meter_energy_hourly', hourly_retention),
-                              ('telemetry.vehicle_energy_hourly', hourly_retention)) AS t(rel, keep)
+                              ('telemetry.vehicle_energy_hourly', hourly_retention),
+                              ('telemetry.meter_energy_6h', hourly_retention),
+                              ('telemetry.vehicle_energy_6h', hourly_retention)) AS t(rel, keep)
     LOOP
         RETURN QUERY
             SELECT target.rel, chunk::text

@@ -2,9 +2,11 @@
 --
 -- A window is cut into parts: raw readings for the partial hours at its edges (and for whole hours
 -- past the hourly aggregate's watermark, as real-time aggregation does), materialized hourly rows
--- for whole hours, and materialized daily rows for whole UTC days inside them. Every part lies
--- inside one hour or one day, so sums over the parts equal sums over the raw readings, and grouping
--- them by hour or day gives exact series.
+-- for whole hours, and, where asked, materialized six-hour rows for whole six-hour blocks and daily
+-- rows for whole UTC days inside them. Every part lies inside one hour, one block or one day, so
+-- sums over the parts equal sums over the raw readings, and grouping them by hour or day gives
+-- exact series. A 24-hour window reads about 30 materialized rows per device and stream, and raw
+-- readings only for its partial hours.
 --
 -- Cost model: the bounds and the watermarks are computed once per query into plain values
 -- (telemetry.window_parts); the parts are read by one inlinable query (telemetry.energy_pieces)
@@ -23,6 +25,12 @@ DROP FUNCTION IF EXISTS telemetry.link_periods(timestamptz, timestamptz, text[])
 DROP FUNCTION IF EXISTS telemetry.meter_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.vehicle_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.head_end(timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.window_parts(text, timestamptz, timestamptz, boolean);
+DROP FUNCTION IF EXISTS telemetry.device_pieces(text, text, timestamptz, timestamptz, boolean);
+DROP FUNCTION IF EXISTS telemetry.energy_pieces(text, timestamptz, timestamptz, timestamptz, timestamptz,
+                                                timestamptz, timestamptz, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.energy_totals(text, timestamptz, timestamptz, timestamptz, timestamptz,
+                                                timestamptz, timestamptz, timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS telemetry.tail_start(timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS telemetry.days_start(timestamptz, timestamptz, boolean);
 DROP FUNCTION IF EXISTS telemetry.days_end(timestamptz, timestamptz, boolean);
@@ -31,6 +39,12 @@ CREATE OR REPLACE FUNCTION telemetry.hour_ceil(ts timestamptz) RETURNS timestamp
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN time_bucket(INTERVAL '1 hour', ts) = ts THEN ts
                 ELSE time_bucket(INTERVAL '1 hour', ts) + INTERVAL '1 hour' END
+$$;
+
+CREATE OR REPLACE FUNCTION telemetry.block_ceil(ts timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN time_bucket(INTERVAL '6 hours', ts) = ts THEN ts
+                ELSE time_bucket(INTERVAL '6 hours', ts) + INTERVAL '6 hours' END
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.day_ceil(ts timestamptz) RETURNS timestamptz
@@ -49,7 +63,7 @@ CREATE OR REPLACE VIEW telemetry.energy_readings AS
     FROM telemetry.vehicle_readings;
 
 -- The materialized rows of the aggregates (continuous aggregates on Community, tables on Apache),
--- hourly and daily: per bucket, the energy, the sum of the averaged quantity and the number of
+-- hourly, six-hourly and daily: per bucket, the energy, the sum of the averaged quantity and the number of
 -- readings. A query for one grain and one stream keeps only that branch, while planning.
 CREATE OR REPLACE VIEW telemetry.energy_materialized AS
     SELECT 'hour'::text AS grain, 'meter'::text AS stream, meter_id::text AS device_id, bucket,
@@ -59,6 +73,12 @@ CREATE OR REPLACE VIEW telemetry.energy_materialized AS
     SELECT 'hour', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
     FROM telemetry.vehicle_energy_hourly_materialized
     UNION ALL
+    SELECT '6h', 'meter', meter_id::text, bucket, kwh_consumed_ac, voltage_sum, readings::integer
+    FROM telemetry.meter_energy_6h_materialized
+    UNION ALL
+    SELECT '6h', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
+    FROM telemetry.vehicle_energy_6h_materialized
+    UNION ALL
     SELECT 'day', 'meter', meter_id::text, bucket, kwh_consumed_ac, voltage_sum, readings::integer
     FROM telemetry.meter_energy_daily_materialized
     UNION ALL
@@ -67,14 +87,16 @@ CREATE OR REPLACE VIEW telemetry.energy_materialized AS
 
 -- The parts of [p_from, p_to) for one stream:
 --   raw readings   [p_from, head_to)  and  [tail_from, p_to)
---   hourly rows    [hours_from, hours_to), except the whole days [days_from, days_to)
+--   hourly rows    [hours_from, hours_to), except the blocks and the days below
+--   six-hour rows  [blocks_from, blocks_to), except the days below
 --   daily rows     [days_from, days_to)
--- Hours at or past the hourly watermark are raw (in the tail part); days are used only when asked
--- (p_use_daily) and only where both the hourly and the daily aggregate are materialized.
+-- Hours at or past the hourly watermark are raw (in the tail part). Blocks and days are used only
+-- when asked (p_coarse: not for hourly series) and only where their own aggregate is materialized
+-- too; an unused coarse range is empty (from = to), which excludes no finer row.
 CREATE OR REPLACE FUNCTION telemetry.window_parts(
-    p_stream text, p_from timestamptz, p_to timestamptz, p_use_daily boolean DEFAULT true,
+    p_stream text, p_from timestamptz, p_to timestamptz, p_coarse boolean DEFAULT true,
     OUT head_to timestamptz, OUT tail_from timestamptz, OUT hours_from timestamptz, OUT hours_to timestamptz,
-    OUT days_from timestamptz, OUT days_to timestamptz)
+    OUT blocks_from timestamptz, OUT blocks_to timestamptz, OUT days_from timestamptz, OUT days_to timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     h0 timestamptz := telemetry.hour_ceil(p_from);
@@ -82,36 +104,51 @@ DECLARE
     hourly_mark timestamptz := telemetry.aggregate_watermark(
         CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_hourly'::regclass
                       ELSE 'telemetry.vehicle_energy_hourly'::regclass END);
-    d0 timestamptz;
-    d1 timestamptz;
+    lo timestamptz;
+    hi timestamptz;
 BEGIN
     head_to := least(h0, p_to);
     tail_from := greatest(h0, least(hourly_mark, h1));
     hours_from := h0;
     hours_to := least(h1, hourly_mark);
-    days_from := h0;  -- no days: an empty range, which excludes no hour
+    blocks_from := h0;
+    blocks_to := h0;
+    days_from := h0;
     days_to := h0;
-    IF p_use_daily THEN
-        d0 := telemetry.day_ceil(h0);
-        d1 := time_bucket(INTERVAL '1 day', hours_to);
-        IF d0 < d1 THEN
-            d1 := least(d1, telemetry.aggregate_watermark(
-                CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
-                              ELSE 'telemetry.vehicle_energy_daily'::regclass END));
-            IF d0 < d1 THEN
-                days_from := d0;
-                days_to := d1;
-            END IF;
+    IF NOT p_coarse THEN
+        RETURN;
+    END IF;
+    lo := telemetry.block_ceil(h0);
+    hi := time_bucket(INTERVAL '6 hours', hours_to);
+    IF lo < hi THEN
+        hi := least(hi, telemetry.aggregate_watermark(
+            CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_6h'::regclass
+                          ELSE 'telemetry.vehicle_energy_6h'::regclass END));
+        IF lo < hi THEN
+            blocks_from := lo;
+            blocks_to := hi;
+        END IF;
+    END IF;
+    lo := telemetry.day_ceil(h0);
+    hi := time_bucket(INTERVAL '1 day', hours_to);
+    IF lo < hi THEN
+        hi := least(hi, telemetry.aggregate_watermark(
+            CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
+                          ELSE 'telemetry.vehicle_energy_daily'::regclass END));
+        IF lo < hi THEN
+            days_from := lo;
+            days_to := hi;
         END IF;
     END IF;
 END $$;
 
--- Every reading of a stream in [p_from, p_to), as parts (one raw reading, one hour or one day
--- each), given the bounds from telemetry.window_parts. Inlined into its caller: a device filter
+-- Every reading of a stream in [p_from, p_to), as parts (one raw reading, one hour, one block or one
+-- day each), given the bounds from telemetry.window_parts. Inlined into its caller: a device filter
 -- on the result is pushed down into every branch and reaches the (device, time) indexes.
 CREATE OR REPLACE FUNCTION telemetry.energy_pieces(
     p_stream text, p_from timestamptz, p_to timestamptz, p_head_to timestamptz, p_tail_from timestamptz,
-    p_hours_from timestamptz, p_hours_to timestamptz, p_days_from timestamptz, p_days_to timestamptz)
+    p_hours_from timestamptz, p_hours_to timestamptz, p_blocks_from timestamptz, p_blocks_to timestamptz,
+    p_days_from timestamptz, p_days_to timestamptz)
 RETURNS TABLE (device_id text, piece_start timestamptz, kwh double precision, level_sum double precision,
                readings integer)
 LANGUAGE sql STABLE AS $$
@@ -126,11 +163,60 @@ LANGUAGE sql STABLE AS $$
     SELECT h.device_id, h.bucket, h.kwh, h.level_sum, h.readings
     FROM telemetry.energy_materialized h
     WHERE h.grain = 'hour' AND h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
-      AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
+      AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to) AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
+    UNION ALL
+    SELECT b.device_id, b.bucket, b.kwh, b.level_sum, b.readings
+    FROM telemetry.energy_materialized b
+    WHERE b.grain = '6h' AND b.stream = p_stream AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
+      AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
     UNION ALL
     SELECT d.device_id, d.bucket, d.kwh, d.level_sum, d.readings
     FROM telemetry.energy_materialized d
     WHERE d.grain = 'day' AND d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
+$$;
+
+-- Every device's totals of a stream over [p_from, p_to), from the same parts as telemetry.energy_pieces:
+-- the fleet-wide path. Each part is summed per device right above its scan, so that only one row per
+-- device and part reaches the final sum. Device ids come out in the "C" collation: the fleet query
+-- sorts and joins 10,000 of them, and byte-wise comparison is cheaper than a linguistic collation's
+-- (equality is the same).
+CREATE OR REPLACE FUNCTION telemetry.energy_totals(
+    p_stream text, p_from timestamptz, p_to timestamptz, p_head_to timestamptz, p_tail_from timestamptz,
+    p_hours_from timestamptz, p_hours_to timestamptz, p_blocks_from timestamptz, p_blocks_to timestamptz,
+    p_days_from timestamptz, p_days_to timestamptz)
+RETURNS TABLE (device_id text, kwh double precision, level_sum double precision, readings bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT p.device_id COLLATE "C", sum(p.kwh), sum(p.level_sum), sum(p.readings)::bigint
+    FROM (
+        SELECT r.device_id, sum(r.kwh) AS kwh, sum(r.level) AS level_sum, count(*) AS readings
+        FROM telemetry.energy_readings r
+        WHERE r.stream = p_stream AND r.time >= p_from AND r.time < p_head_to
+        GROUP BY r.device_id
+        UNION ALL
+        SELECT r.device_id, sum(r.kwh), sum(r.level), count(*)
+        FROM telemetry.energy_readings r
+        WHERE r.stream = p_stream AND r.time >= p_tail_from AND r.time < p_to
+        GROUP BY r.device_id
+        UNION ALL
+        SELECT h.device_id, sum(h.kwh), sum(h.level_sum), sum(h.readings)
+        FROM telemetry.energy_materialized h
+        WHERE h.grain = 'hour' AND h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
+          AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to)
+          AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
+        GROUP BY h.device_id
+        UNION ALL
+        SELECT b.device_id, sum(b.kwh), sum(b.level_sum), sum(b.readings)
+        FROM telemetry.energy_materialized b
+        WHERE b.grain = '6h' AND b.stream = p_stream AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
+          AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
+        GROUP BY b.device_id
+        UNION ALL
+        SELECT d.device_id, sum(d.kwh), sum(d.level_sum), sum(d.readings)
+        FROM telemetry.energy_materialized d
+        WHERE d.grain = 'day' AND d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
+        GROUP BY d.device_id
+    ) p
+    GROUP BY 1
 $$;
 
 -- One device's totals over a window: the per-request path of the performance endpoint. One static
@@ -148,31 +234,31 @@ BEGIN
         SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
         INTO kwh, level_sum, readings
         FROM telemetry.energy_pieces('meter', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                     w.days_from, w.days_to) e
+                                     w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
         WHERE e.device_id = p_device;
     ELSE
         SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
         INTO kwh, level_sum, readings
         FROM telemetry.energy_pieces('vehicle', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                     w.days_from, w.days_to) e
+                                     w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
         WHERE e.device_id = p_device;
     END IF;
 END $$;
 
 -- One device's parts over a window, for series.
 CREATE OR REPLACE FUNCTION telemetry.device_pieces(
-    p_stream text, p_device text, p_from timestamptz, p_to timestamptz, p_use_daily boolean)
+    p_stream text, p_device text, p_from timestamptz, p_to timestamptz, p_coarse boolean)
 RETURNS TABLE (piece_start timestamptz, kwh double precision, level_sum double precision, readings integer)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     w record;
 BEGIN
-    w := telemetry.window_parts(p_stream, p_from, p_to, p_use_daily);
+    w := telemetry.window_parts(p_stream, p_from, p_to, p_coarse);
     RETURN QUERY
     SELECT e.piece_start, e.kwh, e.level_sum, e.readings
     FROM telemetry.energy_pieces(p_stream, p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                 w.days_from, w.days_to) e
+                                 w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
     WHERE e.device_id = p_device;
 END $$;
 
@@ -245,7 +331,7 @@ END $$;
 -- Every vehicle with a link or DC readings in the window, set-based: each stream is summed per
 -- device in one pass over its parts, then AC is attached to vehicles through the links. Links that
 -- cover the whole window (the usual case) use the per-meter sums; periods cut by a relink are read
--- per period.
+-- per period, and the latest of them names the vehicle's meter.
 CREATE OR REPLACE FUNCTION telemetry.fleet_performance(
     p_from timestamptz, p_to timestamptz,
     healthy double precision DEFAULT 0.85, degraded double precision DEFAULT 0.75,
@@ -264,44 +350,39 @@ BEGIN
     v := telemetry.window_parts('vehicle', p_from, p_to);
     RETURN QUERY
     WITH links AS MATERIALIZED (
-        SELECT l.*, (l.period_from = p_from AND l.period_to = p_to) AS whole
+        SELECT l.vehicle_id COLLATE "C" AS vehicle_id, l.meter_id COLLATE "C" AS meter_id, l.period_from,
+               l.period_to, (l.period_from = p_from AND l.period_to = p_to) AS whole
         FROM telemetry.link_periods(p_from, p_to) l
     ), meter_totals AS (
-        SELECT e.device_id, sum(e.kwh) AS kwh, sum(e.readings)::bigint AS readings
-        FROM telemetry.energy_pieces('meter', p_from, p_to, m.head_to, m.tail_from, m.hours_from, m.hours_to,
-                                     m.days_from, m.days_to) e
-        GROUP BY e.device_id
+        SELECT e.device_id, e.kwh, e.readings
+        FROM telemetry.energy_totals('meter', p_from, p_to, m.head_to, m.tail_from, m.hours_from, m.hours_to,
+                                     m.blocks_from, m.blocks_to, m.days_from, m.days_to) e
     ), ac AS (
-        SELECT l.vehicle_id, sum(t.kwh) AS kwh, sum(t.readings)::bigint AS readings
-        FROM links l JOIN meter_totals t ON t.device_id = l.meter_id
+        -- A link that covers the whole window is the vehicle's only one (periods never overlap).
+        SELECT l.vehicle_id, l.meter_id, t.kwh, t.readings
+        FROM links l LEFT JOIN meter_totals t ON t.device_id = l.meter_id
         WHERE l.whole
-        GROUP BY l.vehicle_id
         UNION ALL
-        SELECT l.vehicle_id, sum(e.kwh), sum(e.readings)::bigint
-        FROM links l CROSS JOIN LATERAL telemetry.device_energy('meter', l.meter_id, l.period_from, l.period_to) e
+        SELECT l.vehicle_id, (array_agg(l.meter_id ORDER BY l.period_to DESC))[1], sum(e.kwh),
+               sum(e.readings)::bigint
+        FROM links l
+        CROSS JOIN LATERAL telemetry.device_energy('meter', l.meter_id COLLATE "default", l.period_from,
+                                                   l.period_to) e
         WHERE NOT l.whole
         GROUP BY l.vehicle_id
-    ), ac_total AS (
-        SELECT a.vehicle_id, sum(a.kwh) AS kwh, sum(a.readings)::bigint AS readings FROM ac a GROUP BY a.vehicle_id
-    ), latest_link AS (
-        SELECT DISTINCT ON (l.vehicle_id) l.vehicle_id, l.meter_id
-        FROM links l ORDER BY l.vehicle_id, l.period_to DESC
     ), dc AS (
-        SELECT e.device_id AS vehicle_id, sum(e.kwh) AS kwh, sum(e.level_sum) AS temp_sum,
-               sum(e.readings)::bigint AS readings
-        FROM telemetry.energy_pieces('vehicle', p_from, p_to, v.head_to, v.tail_from, v.hours_from, v.hours_to,
-                                     v.days_from, v.days_to) e
-        GROUP BY e.device_id
+        SELECT e.device_id AS vehicle_id, e.kwh, e.level_sum AS temp_sum, e.readings
+        FROM telemetry.energy_totals('vehicle', p_from, p_to, v.head_to, v.tail_from, v.hours_from, v.hours_to,
+                                     v.blocks_from, v.blocks_to, v.days_from, v.days_to) e
     )
-    SELECT coalesce(l.vehicle_id, dc.vehicle_id), l.meter_id, l.meter_id IS NOT NULL,
+    SELECT coalesce(a.vehicle_id, dc.vehicle_id), a.meter_id, a.meter_id IS NOT NULL,
            coalesce(a.kwh, 0), coalesce(dc.kwh, 0), coalesce(a.kwh, 0) - coalesce(dc.kwh, 0),
            CASE WHEN a.kwh > 0 THEN coalesce(dc.kwh, 0) / a.kwh END,
            dc.temp_sum / nullif(dc.readings, 0),
            coalesce(a.readings, 0), coalesce(dc.readings, 0),
            telemetry.verdict(a.kwh, dc.kwh, a.readings, dc.readings, healthy, degraded, min_ac_kwh)
-    FROM latest_link l
-    FULL JOIN dc ON dc.vehicle_id = l.vehicle_id
-    LEFT JOIN ac_total a ON a.vehicle_id = l.vehicle_id;
+    FROM ac a
+    FULL JOIN dc ON dc.vehicle_id = a.vehicle_id;
 END $$;
 
 -- One vehicle's AC, DC, efficiency and battery temperature per bucket of the window.

@@ -25,6 +25,8 @@ DROP FUNCTION IF EXISTS telemetry.link_periods(timestamptz, timestamptz, text[])
 DROP FUNCTION IF EXISTS telemetry.meter_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.vehicle_energy_pieces(timestamptz, timestamptz, text[], boolean);
 DROP FUNCTION IF EXISTS telemetry.head_end(timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.hour_ceil(timestamptz), telemetry.block_ceil(timestamptz),
+                        telemetry.day_ceil(timestamptz);
 DROP FUNCTION IF EXISTS telemetry.window_parts(text, timestamptz, timestamptz, boolean);
 DROP FUNCTION IF EXISTS telemetry.device_pieces(text, text, timestamptz, timestamptz, boolean);
 DROP FUNCTION IF EXISTS telemetry.energy_pieces(text, timestamptz, timestamptz, timestamptz, timestamptz,
@@ -35,23 +37,25 @@ DROP FUNCTION IF EXISTS telemetry.tail_start(timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS telemetry.days_start(timestamptz, timestamptz, boolean);
 DROP FUNCTION IF EXISTS telemetry.days_end(timestamptz, timestamptz, boolean);
 
-CREATE OR REPLACE FUNCTION telemetry.hour_ceil(ts timestamptz) RETURNS timestamptz
+-- The first bucket boundary of the given width at or after ts.
+CREATE OR REPLACE FUNCTION telemetry.bucket_ceil(width interval, ts timestamptz) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN time_bucket(INTERVAL '1 hour', ts) = ts THEN ts
-                ELSE time_bucket(INTERVAL '1 hour', ts) + INTERVAL '1 hour' END
+    SELECT CASE WHEN time_bucket(width, ts) = ts THEN ts ELSE time_bucket(width, ts) + width END
 $$;
 
-CREATE OR REPLACE FUNCTION telemetry.block_ceil(ts timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN time_bucket(INTERVAL '6 hours', ts) = ts THEN ts
-                ELSE time_bucket(INTERVAL '6 hours', ts) + INTERVAL '6 hours' END
-$$;
-
-CREATE OR REPLACE FUNCTION telemetry.day_ceil(ts timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN time_bucket(INTERVAL '1 day', ts) = ts THEN ts
-                ELSE time_bucket(INTERVAL '1 day', ts) + INTERVAL '1 day' END
-$$;
+-- The whole buckets of an aggregate of the given width inside [p_from, p_to) that it has
+-- materialized, as [lo, hi); empty when lo >= hi (the watermark is read only when some fit).
+CREATE OR REPLACE FUNCTION telemetry.materialized_range(
+    p_from timestamptz, p_to timestamptz, width interval, aggregate regclass,
+    OUT lo timestamptz, OUT hi timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    lo := telemetry.bucket_ceil(width, p_from);
+    hi := time_bucket(width, p_to);
+    IF lo < hi THEN
+        hi := least(hi, telemetry.aggregate_watermark(aggregate));
+    END IF;
+END $$;
 
 -- Both streams in one shape: device, time, energy of the interval, and the quantity averaged over
 -- the readings (voltage for meters, battery temperature for vehicles).
@@ -99,13 +103,12 @@ CREATE OR REPLACE FUNCTION telemetry.window_parts(
     OUT blocks_from timestamptz, OUT blocks_to timestamptz, OUT days_from timestamptz, OUT days_to timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    h0 timestamptz := telemetry.hour_ceil(p_from);
+    h0 timestamptz := telemetry.bucket_ceil(INTERVAL '1 hour', p_from);
     h1 timestamptz := time_bucket(INTERVAL '1 hour', p_to);
     hourly_mark timestamptz := telemetry.aggregate_watermark(
         CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_hourly'::regclass
                       ELSE 'telemetry.vehicle_energy_hourly'::regclass END);
-    lo timestamptz;
-    hi timestamptz;
+    r record;
 BEGIN
     head_to := least(h0, p_to);
     tail_from := greatest(h0, least(hourly_mark, h1));
@@ -118,27 +121,19 @@ BEGIN
     IF NOT p_coarse THEN
         RETURN;
     END IF;
-    lo := telemetry.block_ceil(h0);
-    hi := time_bucket(INTERVAL '6 hours', hours_to);
-    IF lo < hi THEN
-        hi := least(hi, telemetry.aggregate_watermark(
-            CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_6h'::regclass
-                          ELSE 'telemetry.vehicle_energy_6h'::regclass END));
-        IF lo < hi THEN
-            blocks_from := lo;
-            blocks_to := hi;
-        END IF;
+    r := telemetry.materialized_range(h0, hours_to, INTERVAL '6 hours',
+        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_6h'::regclass
+                      ELSE 'telemetry.vehicle_energy_6h'::regclass END);
+    IF r.lo < r.hi THEN
+        blocks_from := r.lo;
+        blocks_to := r.hi;
     END IF;
-    lo := telemetry.day_ceil(h0);
-    hi := time_bucket(INTERVAL '1 day', hours_to);
-    IF lo < hi THEN
-        hi := least(hi, telemetry.aggregate_watermark(
-            CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
-                          ELSE 'telemetry.vehicle_energy_daily'::regclass END));
-        IF lo < hi THEN
-            days_from := lo;
-            days_to := hi;
-        END IF;
+    r := telemetry.materialized_range(h0, hours_to, INTERVAL '1 day',
+        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
+                      ELSE 'telemetry.vehicle_energy_daily'::regclass END);
+    IF r.lo < r.hi THEN
+        days_from := r.lo;
+        days_to := r.hi;
     END IF;
 END $$;
 

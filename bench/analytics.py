@@ -191,12 +191,26 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
                                               [{"vehicle": v, **window, **thresholds} for v in vehicles], concurrency)
         result["raw_computation"] = _sql_load(url, RAW_PERFORMANCE, [{"vehicle": v, **window} for v in vehicles],
                                               concurrency)
+        # The floor of any SQL-level figure: a statement that reads nothing, same clients.
+        result["round_trip_floor"] = _sql_load(url, "SELECT 1", [{}] * requests, concurrency)
         raw, endpoint, sql = result["raw_computation"], result["performance_endpoint"], result["performance_sql"]
         result["raw_p50_over_endpoint_p50"] = round(raw["p50_ms"] / endpoint["p50_ms"], 1)
         result["raw_p50_over_sql_p50"] = round(raw["p50_ms"] / sql["p50_ms"], 1)
         result["endpoint_rps_over_raw_rps"] = round(endpoint["requests_per_s"] / raw["requests_per_s"], 1)
+        result["raw_p50_over_floor_p50"] = round(raw["p50_ms"] / result["round_trip_floor"]["p50_ms"], 1)
 
+        # The same vehicles over 24 whole hours: no partial hour, so no raw reading at all on the
+        # aggregate side (an unaligned window needs one hour of raw readings per stream).
         whole_hours_end = to.replace(minute=0, second=0, microsecond=0)
+        aligned = {"from": whole_hours_end - timedelta(hours=24), "to": whole_hours_end}
+        _check_same_answers(url, [{"vehicle": v, **aligned} for v in vehicles[:20]])
+        result["performance_sql_whole_hours"] = _sql_load(
+            url, analytics.PERFORMANCE_SQL, [{"vehicle": v, **aligned, **thresholds} for v in vehicles], concurrency)
+        result["raw_computation_whole_hours"] = _sql_load(
+            url, RAW_PERFORMANCE, [{"vehicle": v, **aligned} for v in vehicles], concurrency)
+        result["whole_hours_raw_p50_over_sql_p50"] = round(
+            result["raw_computation_whole_hours"]["p50_ms"] / result["performance_sql_whole_hours"]["p50_ms"], 1)
+
         fleet_windows = {
             "fleet_endpoint_24_whole_hours": {"from": (whole_hours_end - timedelta(hours=24)).isoformat(),
                                               "to": whole_hours_end.isoformat()},

@@ -13,8 +13,9 @@
 -- whose predicates compare columns with those values only. A stable expression left in a filter
 -- would be evaluated for every row, and the watermark through TimescaleDB's real-time views for
 -- every row too. Per-device reads run on generic plans: planned once per session, TimescaleDB
--- excludes the chunks outside the window at executor startup. Fleet-wide reads run on custom plans,
--- where chunks are excluded while planning.
+-- excludes the chunks outside the window at executor startup, and each part is gated by a one-time
+-- test of its bounds, so an empty part (a window with no partial hour, say) descends no index.
+-- Fleet-wide reads run on custom plans, where chunks are excluded while planning.
 
 -- Objects of an earlier version of this file.
 DROP VIEW IF EXISTS telemetry.energy_hourly_materialized, telemetry.energy_daily_materialized;
@@ -149,25 +150,28 @@ RETURNS TABLE (device_id text, piece_start timestamptz, kwh double precision, le
 LANGUAGE sql STABLE AS $$
     SELECT r.device_id, r.time, r.kwh, r.level, 1
     FROM telemetry.energy_readings r
-    WHERE r.stream = p_stream AND r.time >= p_from AND r.time < p_head_to
+    WHERE r.stream = p_stream AND p_from < p_head_to AND r.time >= p_from AND r.time < p_head_to
     UNION ALL
     SELECT r.device_id, r.time, r.kwh, r.level, 1
     FROM telemetry.energy_readings r
-    WHERE r.stream = p_stream AND r.time >= p_tail_from AND r.time < p_to
+    WHERE r.stream = p_stream AND p_tail_from < p_to AND r.time >= p_tail_from AND r.time < p_to
     UNION ALL
     SELECT h.device_id, h.bucket, h.kwh, h.level_sum, h.readings
     FROM telemetry.energy_materialized h
-    WHERE h.grain = 'hour' AND h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
+    WHERE h.grain = 'hour' AND h.stream = p_stream AND p_hours_from < p_hours_to
+      AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
       AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to) AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
     UNION ALL
     SELECT b.device_id, b.bucket, b.kwh, b.level_sum, b.readings
     FROM telemetry.energy_materialized b
-    WHERE b.grain = '6h' AND b.stream = p_stream AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
+    WHERE b.grain = '6h' AND b.stream = p_stream AND p_blocks_from < p_blocks_to
+      AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
       AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
     UNION ALL
     SELECT d.device_id, d.bucket, d.kwh, d.level_sum, d.readings
     FROM telemetry.energy_materialized d
-    WHERE d.grain = 'day' AND d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
+    WHERE d.grain = 'day' AND d.stream = p_stream AND p_days_from < p_days_to
+      AND d.bucket >= p_days_from AND d.bucket < p_days_to
 $$;
 
 -- Every device's totals of a stream over [p_from, p_to), from the same parts as telemetry.energy_pieces:
@@ -185,30 +189,33 @@ LANGUAGE sql STABLE AS $$
     FROM (
         SELECT r.device_id, sum(r.kwh) AS kwh, sum(r.level) AS level_sum, count(*) AS readings
         FROM telemetry.energy_readings r
-        WHERE r.stream = p_stream AND r.time >= p_from AND r.time < p_head_to
+        WHERE r.stream = p_stream AND p_from < p_head_to AND r.time >= p_from AND r.time < p_head_to
         GROUP BY r.device_id
         UNION ALL
         SELECT r.device_id, sum(r.kwh), sum(r.level), count(*)
         FROM telemetry.energy_readings r
-        WHERE r.stream = p_stream AND r.time >= p_tail_from AND r.time < p_to
+        WHERE r.stream = p_stream AND p_tail_from < p_to AND r.time >= p_tail_from AND r.time < p_to
         GROUP BY r.device_id
         UNION ALL
         SELECT h.device_id, sum(h.kwh), sum(h.level_sum), sum(h.readings)
         FROM telemetry.energy_materialized h
-        WHERE h.grain = 'hour' AND h.stream = p_stream AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
+        WHERE h.grain = 'hour' AND h.stream = p_stream AND p_hours_from < p_hours_to
+      AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
           AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to)
           AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
         GROUP BY h.device_id
         UNION ALL
         SELECT b.device_id, sum(b.kwh), sum(b.level_sum), sum(b.readings)
         FROM telemetry.energy_materialized b
-        WHERE b.grain = '6h' AND b.stream = p_stream AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
+        WHERE b.grain = '6h' AND b.stream = p_stream AND p_blocks_from < p_blocks_to
+      AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
           AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
         GROUP BY b.device_id
         UNION ALL
         SELECT d.device_id, sum(d.kwh), sum(d.level_sum), sum(d.readings)
         FROM telemetry.energy_materialized d
-        WHERE d.grain = 'day' AND d.stream = p_stream AND d.bucket >= p_days_from AND d.bucket < p_days_to
+        WHERE d.grain = 'day' AND d.stream = p_stream AND p_days_from < p_days_to
+      AND d.bucket >= p_days_from AND d.bucket < p_days_to
         GROUP BY d.device_id
     ) p
     GROUP BY 1

@@ -5,91 +5,62 @@
 CREATE OR REPLACE FUNCTION telemetry.aggregates_maintained_by_ingest() RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT true $$;
 
-CREATE OR REPLACE FUNCTION telemetry.add_meter_energy(hours telemetry.meter_energy_hourly[]) RETURNS bigint
-LANGUAGE sql STRICT AS $$
-    WITH hourly AS (
-        INSERT INTO telemetry.meter_energy_hourly AS a
-        SELECT * FROM unnest(hours) ORDER BY meter_id, bucket
-        ON CONFLICT (meter_id, bucket) DO UPDATE SET
-            kwh_consumed_ac = a.kwh_consumed_ac + excluded.kwh_consumed_ac,
+-- telemetry.add_meter_energy(hours) and telemetry.add_vehicle_energy(hours) are generated here from
+-- one template: per stream, one upsert per aggregate table (the batch's hourly rows as they are, or
+-- rolled up to six hours or a day), all merging rows by the stream's rule, in one static statement
+-- (no dynamic SQL on the ingest path). They return how many aggregate rows they wrote.
+DO $do$
+DECLARE
+    s record;
+    upserts text;
+    counts text;
+BEGIN
+    FOR s IN
+        SELECT * FROM (VALUES
+            ('meter',
+             'sum(kwh_consumed_ac), sum(voltage_sum), min(voltage_min), max(voltage_max), sum(readings)::bigint',
+             $m$kwh_consumed_ac = a.kwh_consumed_ac + excluded.kwh_consumed_ac,
             voltage_sum     = a.voltage_sum + excluded.voltage_sum,
             voltage_min     = least(a.voltage_min, excluded.voltage_min),
             voltage_max     = greatest(a.voltage_max, excluded.voltage_max),
-            readings        = a.readings + excluded.readings
-        RETURNING 1
-    ), six_hourly AS (
-        INSERT INTO telemetry.meter_energy_6h AS a
-        SELECT meter_id, time_bucket(INTERVAL '6 hours', bucket), sum(kwh_consumed_ac), sum(voltage_sum),
-               min(voltage_min), max(voltage_max), sum(readings)::bigint
-        FROM unnest(hours) GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (meter_id, bucket) DO UPDATE SET
-            kwh_consumed_ac = a.kwh_consumed_ac + excluded.kwh_consumed_ac,
-            voltage_sum     = a.voltage_sum + excluded.voltage_sum,
-            voltage_min     = least(a.voltage_min, excluded.voltage_min),
-            voltage_max     = greatest(a.voltage_max, excluded.voltage_max),
-            readings        = a.readings + excluded.readings
-        RETURNING 1
-    ), daily AS (
-        INSERT INTO telemetry.meter_energy_daily AS a
-        SELECT meter_id, time_bucket(INTERVAL '1 day', bucket), sum(kwh_consumed_ac), sum(voltage_sum),
-               min(voltage_min), max(voltage_max), sum(readings)::bigint
-        FROM unnest(hours) GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (meter_id, bucket) DO UPDATE SET
-            kwh_consumed_ac = a.kwh_consumed_ac + excluded.kwh_consumed_ac,
-            voltage_sum     = a.voltage_sum + excluded.voltage_sum,
-            voltage_min     = least(a.voltage_min, excluded.voltage_min),
-            voltage_max     = greatest(a.voltage_max, excluded.voltage_max),
-            readings        = a.readings + excluded.readings
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM six_hourly) + (SELECT count(*) FROM daily)
-$$;
-
-CREATE OR REPLACE FUNCTION telemetry.add_vehicle_energy(hours telemetry.vehicle_energy_hourly[]) RETURNS bigint
-LANGUAGE sql STRICT AS $$
-    WITH hourly AS (
-        INSERT INTO telemetry.vehicle_energy_hourly AS a
-        SELECT * FROM unnest(hours) ORDER BY vehicle_id, bucket
-        ON CONFLICT (vehicle_id, bucket) DO UPDATE SET
-            kwh_delivered_dc = a.kwh_delivered_dc + excluded.kwh_delivered_dc,
+            readings        = a.readings + excluded.readings$m$),
+            ('vehicle',
+             'sum(kwh_delivered_dc), sum(battery_temp_sum), min(battery_temp_min), max(battery_temp_max), '
+             'min(soc_min), max(soc_max), sum(readings)::bigint',
+             $v$kwh_delivered_dc = a.kwh_delivered_dc + excluded.kwh_delivered_dc,
             battery_temp_sum = a.battery_temp_sum + excluded.battery_temp_sum,
             battery_temp_min = least(a.battery_temp_min, excluded.battery_temp_min),
             battery_temp_max = greatest(a.battery_temp_max, excluded.battery_temp_max),
             soc_min          = least(a.soc_min, excluded.soc_min),
             soc_max          = greatest(a.soc_max, excluded.soc_max),
-            readings         = a.readings + excluded.readings
+            readings         = a.readings + excluded.readings$v$)
+        ) AS t(stream, rollup, merge)
+    LOOP
+        SELECT string_agg(format($u$%1$I AS (
+        INSERT INTO telemetry.%2$I AS a
+        %3$s
+        ORDER BY 1, 2
+        ON CONFLICT (%4$I, bucket) DO UPDATE SET
+            %5$s
         RETURNING 1
-    ), six_hourly AS (
-        INSERT INTO telemetry.vehicle_energy_6h AS a
-        SELECT vehicle_id, time_bucket(INTERVAL '6 hours', bucket), sum(kwh_delivered_dc), sum(battery_temp_sum),
-               min(battery_temp_min), max(battery_temp_max), min(soc_min), max(soc_max), sum(readings)::bigint
-        FROM unnest(hours) GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (vehicle_id, bucket) DO UPDATE SET
-            kwh_delivered_dc = a.kwh_delivered_dc + excluded.kwh_delivered_dc,
-            battery_temp_sum = a.battery_temp_sum + excluded.battery_temp_sum,
-            battery_temp_min = least(a.battery_temp_min, excluded.battery_temp_min),
-            battery_temp_max = greatest(a.battery_temp_max, excluded.battery_temp_max),
-            soc_min          = least(a.soc_min, excluded.soc_min),
-            soc_max          = greatest(a.soc_max, excluded.soc_max),
-            readings         = a.readings + excluded.readings
-        RETURNING 1
-    ), daily AS (
-        INSERT INTO telemetry.vehicle_energy_daily AS a
-        SELECT vehicle_id, time_bucket(INTERVAL '1 day', bucket), sum(kwh_delivered_dc), sum(battery_temp_sum),
-               min(battery_temp_min), max(battery_temp_max), min(soc_min), max(soc_max), sum(readings)::bigint
-        FROM unnest(hours) GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (vehicle_id, bucket) DO UPDATE SET
-            kwh_delivered_dc = a.kwh_delivered_dc + excluded.kwh_delivered_dc,
-            battery_temp_sum = a.battery_temp_sum + excluded.battery_temp_sum,
-            battery_temp_min = least(a.battery_temp_min, excluded.battery_temp_min),
-            battery_temp_max = greatest(a.battery_temp_max, excluded.battery_temp_max),
-            soc_min          = least(a.soc_min, excluded.soc_min),
-            soc_max          = greatest(a.soc_max, excluded.soc_max),
-            readings         = a.readings + excluded.readings
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM six_hourly) + (SELECT count(*) FROM daily)
-$$;
+    )$u$,
+                   l.level, format('%s_energy_%s', s.stream, l.level),
+                   CASE WHEN l.width IS NULL THEN 'SELECT * FROM unnest(hours)'
+                        ELSE format('SELECT %I, time_bucket(%L::interval, bucket), %s FROM unnest(hours) GROUP BY 1, 2',
+                                    s.stream || '_id', l.width, s.rollup) END,
+                   s.stream || '_id', s.merge), ', ' ORDER BY l.n),
+               string_agg(format('(SELECT count(*) FROM %I)', l.level), ' + ' ORDER BY l.n)
+        INTO upserts, counts
+        FROM (VALUES (1, 'hourly', NULL::interval), (2, '6h', INTERVAL '6 hours'), (3, 'daily', INTERVAL '1 day'))
+             AS l(n, level, width);
+        EXECUTE format($f$
+CREATE OR REPLACE FUNCTION telemetry.%1$I(hours telemetry.%2$I[]) RETURNS bigint
+LANGUAGE sql STRICT AS $body$
+    WITH %3$s
+    SELECT %4$s
+$body$$f$, format('add_%s_energy', s.stream), format('%s_energy_hourly', s.stream), upserts, counts);
+    END LOOP;
+END $do$;
 
 -- The aggregate tables are always complete: everything is "materialized".
 CREATE OR REPLACE VIEW telemetry.meter_energy_hourly_materialized AS SELECT * FROM telemetry.meter_energy_hourly;

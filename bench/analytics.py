@@ -212,8 +212,7 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
             result["raw_computation_whole_hours"]["p50_ms"] / result["performance_sql_whole_hours"]["p50_ms"], 1)
 
         fleet_windows = {
-            "fleet_endpoint_24_whole_hours": {"from": (whole_hours_end - timedelta(hours=24)).isoformat(),
-                                              "to": whole_hours_end.isoformat()},
+            "fleet_endpoint_24_whole_hours": {k: t.isoformat() for k, t in aligned.items()},
             "fleet_endpoint_last_24h": query,
         }
         for name, params in fleet_windows.items():

@@ -89,3 +89,22 @@ def test_installer_is_a_no_op_when_timescaledb_is_installed() -> None:
     result = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "building" not in result.stderr
+
+
+def test_pg_ctl_runs_a_cluster_from_a_relative_data_directory(tmp_path: Path) -> None:
+    """`make stop-db` passes `.local/pgdata`: every command must return, whatever the relative path."""
+    pg_ctl = str(PROJECT_ROOT / "scripts" / "pg-ctl")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([pg_ctl, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    initdb = run("initdb", "-D", "rel/pgdata", "-s", "-o", "--auth=trust --username=postgres")
+    assert initdb.returncode == 0, initdb.stderr
+    assert (tmp_path / "rel" / "pgdata" / "PG_VERSION").exists()
+    options = f"-c listen_addresses='' -c unix_socket_directories='{tmp_path / 'rel' / 'pgdata'}'"
+    started = run("start", "-D", "rel/pgdata", "-l", "rel/pg.log", "-w", "-t", "60", "-o", options)
+    assert started.returncode == 0, started.stderr + (tmp_path / "rel" / "pg.log").read_text()
+    assert run("status", "-D", "rel/pgdata").returncode == 0
+    stopped = run("stop", "-D", "./rel/../rel/pgdata", "-m", "fast")
+    assert stopped.returncode == 0, stopped.stderr
+    assert run("status", "-D", "rel/pgdata").returncode == 3  # no server running

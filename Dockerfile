@@ -3,6 +3,7 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 SQL_DIR=/app/sql
 COPY pyproject.toml README.md ./
 COPY api ./api
+COPY energygrid ./energygrid
 COPY loadgen ./loadgen
 RUN pip install --no-cache-dir .
 COPY sql ./sql

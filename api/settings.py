@@ -1,117 +1,106 @@
-"""The platform's configuration: one frozen object, read from the environment once."""
+"""The platform's configuration: one frozen object, read from the environment once by the process's
+entry point and passed to whatever needs it. Each field's default is written here and nowhere else."""
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/telemetry"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Every field is read from the environment variable named in its ``name=``."""
 
+    database_url: str = msgspec.field(default="postgresql://telemetry_api@127.0.0.1:55432/telemetry",
+                                      name="DATABASE_URL")
+    """Connection of the API and every long-running process: a role that reads and writes data and
+    runs the analytics functions, and nothing else. Defaults to the local development cluster."""
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    """PostgreSQL connection URL (``DATABASE_URL``); defaults to the local development cluster."""
+    migrate_database_url: str | None = msgspec.field(default=None, name="MIGRATE_DATABASE_URL")
+    """Connection of the schema owner, for ``migrate`` and ``retention``; default: ``DATABASE_URL``."""
 
-    api_host: str = "127.0.0.1"
-    """Address the API listens on (``API_HOST``)."""
+    api_host: str = msgspec.field(default="127.0.0.1", name="API_HOST")
+    """Address the API listens on."""
 
-    api_port: int = 8000
-    """Port the API listens on (``API_PORT``)."""
+    api_port: int = msgspec.field(default=8000, name="API_PORT")
+    """Port the API listens on."""
 
-    workers: int = 1
-    """ASGI worker processes (``API_WORKERS``)."""
+    workers: int = msgspec.field(default=1, name="API_WORKERS")
+    """ASGI worker processes."""
 
-    pool_min_size: int = 2
-    """Connections the pool keeps open (``DB_POOL_MIN``)."""
+    pool_min_size: int = msgspec.field(default=2, name="DB_POOL_MIN")
+    """Connections the pool keeps open."""
 
-    pool_max_size: int = 8
-    """Most connections the pool opens, per worker (``DB_POOL_MAX``)."""
+    pool_max_size: int = msgspec.field(default=8, name="DB_POOL_MAX")
+    """Most connections the pool opens, per worker."""
 
-    pool_timeout_s: float = 2.0
-    """Longest wait for a pooled connection before answering 503 (``DB_POOL_TIMEOUT``)."""
+    pool_timeout_s: float = msgspec.field(default=2.0, name="DB_POOL_TIMEOUT")
+    """Longest wait for a pooled connection, in seconds, before answering 503."""
 
-    statement_timeout_ms: int = 30_000
-    """Server-side limit for one statement (``DB_STATEMENT_TIMEOUT_MS``)."""
+    statement_timeout_ms: int = msgspec.field(default=30_000, name="DB_STATEMENT_TIMEOUT_MS")
+    """Server-side limit for one statement."""
 
-    max_body_bytes: int = 16 * 1024 * 1024
-    """Largest request body accepted; larger gets 413 (``MAX_BODY_BYTES``)."""
+    max_body_bytes: int = msgspec.field(default=16 * 1024 * 1024, name="MAX_BODY_BYTES")
+    """Largest request body accepted; larger gets 413."""
 
-    max_rows: int = 50_000
-    """Most readings in one request; more gets 413 (``MAX_ROWS``)."""
+    max_rows: int = msgspec.field(default=50_000, name="MAX_ROWS")
+    """Most readings (or links) in one request; more gets 413."""
 
-    max_future_skew: timedelta = timedelta(minutes=5)
-    """How far in the future a timestamp may be (``MAX_FUTURE_SKEW_S``, seconds)."""
+    max_future_skew_s: float = msgspec.field(default=300.0, name="MAX_FUTURE_SKEW_S")
+    """How far in the future a timestamp may be, in seconds."""
 
-    raw_retention: timedelta = timedelta(days=30)
-    """Raw readings are kept this long; readings older than this minus ``late_margin`` are
-    rejected (``RAW_RETENTION_DAYS``)."""
+    retention_cache_s: float = msgspec.field(default=30.0, name="RETENTION_CACHE_S")
+    """How long a process keeps the retention settings it read from the database before reading
+    them again (a retention change reaches ingest validation within this time)."""
 
-    late_margin: timedelta = timedelta(hours=1)
-    """Readings must be this much younger than the raw retention, so that the aggregate refresh
-    sees them before their chunk expires (``LATE_MARGIN_S``, seconds)."""
+    maintenance_interval_s: float = msgspec.field(default=3600.0, name="MAINTENANCE_INTERVAL_S")
+    """How often the API runs retention on the Apache edition; 0 turns it off."""
 
-    hourly_retention: timedelta = timedelta(days=730)
-    """Hourly aggregates are kept this long (``HOURLY_RETENTION_DAYS``)."""
+    retry_after_s: int = msgspec.field(default=1, name="RETRY_AFTER_S")
+    """``Retry-After`` value sent with 503 answers."""
 
-    maintenance_interval_s: float = 3600.0
-    """How often the API runs retention on the Apache edition (``MAINTENANCE_INTERVAL_S``)."""
+    verdict_healthy: float = msgspec.field(default=0.85, name="VERDICT_HEALTHY")
+    """Efficiency at or above which a vehicle is ``healthy``."""
 
-    retry_after_s: int = 1
-    """``Retry-After`` value sent with 503 answers (``RETRY_AFTER_S``)."""
+    verdict_degraded: float = msgspec.field(default=0.75, name="VERDICT_DEGRADED")
+    """Efficiency at or above which a vehicle is ``degraded``; below it, ``faulty``."""
 
-    verdict_healthy: float = 0.85
-    """Efficiency at or above which a vehicle is ``healthy`` (``VERDICT_HEALTHY``)."""
+    verdict_min_ac_kwh: float = msgspec.field(default=0.1, name="VERDICT_MIN_AC_KWH")
+    """Below this much AC energy the verdict is ``insufficient_data``."""
 
-    verdict_degraded: float = 0.75
-    """Efficiency at or above which a vehicle is ``degraded``, below it ``faulty`` (``VERDICT_DEGRADED``)."""
+    sql_dir: str = msgspec.field(default=str(PROJECT_ROOT / "sql"), name="SQL_DIR")
+    """Where the versioned and repeatable SQL files live."""
 
-    verdict_min_ac_kwh: float = 0.1
-    """Below this much AC energy the verdict is ``insufficient_data`` (``VERDICT_MIN_AC_KWH``)."""
+    @property
+    def owner_database_url(self) -> str:
+        return self.migrate_database_url or self.database_url
 
-    sql_dir: Path = field(default=PROJECT_ROOT / "sql")
-    """Where the versioned and repeatable SQL files live (``SQL_DIR``)."""
+    @property
+    def max_future_skew(self) -> timedelta:
+        return timedelta(seconds=self.max_future_skew_s)
+
+    @property
+    def sql_path(self) -> Path:
+        return Path(self.sql_dir)
 
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            api_host=os.environ.get("API_HOST") or "127.0.0.1",
-            api_port=_env_int("API_PORT", 8000),
-            workers=_env_int("API_WORKERS", 1),
-            pool_min_size=_env_int("DB_POOL_MIN", 2),
-            pool_max_size=_env_int("DB_POOL_MAX", 8),
-            pool_timeout_s=_env_float("DB_POOL_TIMEOUT", 2.0),
-            statement_timeout_ms=_env_int("DB_STATEMENT_TIMEOUT_MS", 30_000),
-            max_body_bytes=_env_int("MAX_BODY_BYTES", 16 * 1024 * 1024),
-            max_rows=_env_int("MAX_ROWS", 50_000),
-            max_future_skew=timedelta(seconds=_env_float("MAX_FUTURE_SKEW_S", 300)),
-            raw_retention=timedelta(days=_env_float("RAW_RETENTION_DAYS", 30)),
-            late_margin=timedelta(seconds=_env_float("LATE_MARGIN_S", 3600)),
-            hourly_retention=timedelta(days=_env_float("HOURLY_RETENTION_DAYS", 730)),
-            maintenance_interval_s=_env_float("MAINTENANCE_INTERVAL_S", 3600.0),
-            retry_after_s=_env_int("RETRY_AFTER_S", 1),
-            verdict_healthy=_env_float("VERDICT_HEALTHY", 0.85),
-            verdict_degraded=_env_float("VERDICT_DEGRADED", 0.75),
-            verdict_min_ac_kwh=_env_float("VERDICT_MIN_AC_KWH", 0.1),
-            sql_dir=Path(os.environ.get("SQL_DIR") or PROJECT_ROOT / "sql"),
-        )
-
-
-@functools.cache
-def get_settings() -> Settings:
-    return Settings.from_env()
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """The settings named in ``environ`` (default: the process environment); empty values count
+        as unset. ``overrides`` take field names, for callers that configure in code (tests)."""
+        environ = os.environ if environ is None else environ
+        names = {f.encode_name for f in msgspec.structs.fields(cls)}
+        given = {name: value for name, value in environ.items() if name in names and value != ""}
+        try:
+            settings = msgspec.convert(given, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"invalid setting: {exc}") from None
+        return msgspec.structs.replace(settings, **overrides) if overrides else settings

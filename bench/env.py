@@ -1,33 +1,26 @@
-"""Benchmark environment: fresh databases on the configured server, and the API as a subprocess."""
+"""Benchmark environment: fresh databases on the configured server."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-
-import httpx
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from api.migrations import migrate
-from api.settings import get_settings
+from api.schema.migrations import migrate
+from api.server.process import ApiProcess, free_port  # noqa: F401  (the benchmarks' API subprocess)
+from api.settings import Settings
 
 
 def fresh_database(name: str) -> str:
     """Drop and recreate database `name` on the configured server, migrate it, return its URL."""
-    base = conninfo_to_dict(get_settings().database_url)
+    settings = Settings.from_env()
+    base = conninfo_to_dict(settings.owner_database_url)
     admin = make_conninfo(**{**base, "dbname": "postgres"})
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(**{**base, "dbname": name})
-    migrate(url, get_settings().sql_dir)
+    migrate(url, settings.sql_path)
     return url
 
 
@@ -38,67 +31,6 @@ def edition(url: str) -> str:
 
 
 def create_key(url: str) -> str:
-    from api.auth import create_key as create
+    from api.db.keys import create_key as create
 
     return create(url, ["ingest", "read", "admin"], "bench")[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ApiProcess:
-    """`python -m api serve` in a subprocess (its own process group), as users run it; used by the
-    benchmarks and the tests. `server` picks the ASGI server for comparisons."""
-
-    def __init__(self, database_url: str, port: int | None = None, workers: int = 1, server: str = "granian",
-                 **env: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()
-        if server == "granian":
-            command = [sys.executable, "-m", "api", "serve", "--port", str(self.port), "--workers", str(workers)]
-        else:
-            command = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(self.port),
-                       "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
-        self.process = subprocess.Popen(
-            command, env={**os.environ, "DATABASE_URL": database_url, "MAINTENANCE_INTERVAL_S": "0", **env},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the API did not become ready: {self.output()[-2000:]}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL to the server and its workers: no graceful shutdown, requests in flight are cut."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-
-    def __enter__(self) -> ApiProcess:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()

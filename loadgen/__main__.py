@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
         return 1 if failed else 0
     if args.command == "energygrid-mock":
-        from loadgen.energygrid_mock import MockConfig, serve
+        from energygrid.mock import MockConfig, serve
 
         print(f"EnergyGrid mock on http://{args.host}:{args.port} (token {args.token!r})", flush=True)
         serve(args.port, MockConfig(token=args.token, devices=args.devices, min_interval_s=args.min_interval,

@@ -8,20 +8,22 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.auth import create_key
-from api.settings import Settings, get_settings
-from bench.env import ApiProcess
+from api.db.keys import create_key
+from api.server.app import create_app
+from api.server.process import ApiProcess
+from api.settings import Settings
 from tests.fix_db import Database
 
 
+def settings_for(database: Database, **overrides: object) -> Settings:
+    """The API's settings for a test database: connected as the API's role, maintenance off."""
+    return Settings.from_env({}, database_url=database.app_url, migrate_database_url=database.url,
+                             maintenance_interval_s=0, **overrides)
+
+
 @pytest.fixture
-def api_settings(database: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    monkeypatch.setenv("DATABASE_URL", database.url)
-    monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+def api_settings(database: Database) -> Settings:
+    return settings_for(database)
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def live_server_factory(database: Database) -> Iterator:
     servers: list[ApiProcess] = []
 
     def start(port: int | None = None, **env: str) -> ApiProcess:
-        servers.append(ApiProcess(database.url, port, **env))
+        servers.append(ApiProcess(database.app_url, port, **env))
         return servers[-1]
 
     yield start

@@ -17,12 +17,14 @@ from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from api.migrations import migrate
+from api.schema.migrations import ensure_app_login, migrate
 from api.settings import PROJECT_ROOT
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SQL_DIR = PROJECT_ROOT / "sql"
 EDITIONS = ("community", "apache")
+APP_USER = "telemetry_api"
+"""The API's login role in tests, as `make run` and Compose set it up: a member of telemetry_app."""
 
 # The scheduler would connect to the template database and break cloning ("being accessed by other
 # users"): no background workers in tests; policies are exercised with CALL run_job(...).
@@ -68,7 +70,14 @@ EDITIONS_RUN: dict[str, int] = {}
 
 
 def _load_schema(*, host: str, port: int, user: str, dbname: str, password: str | None, **_: object) -> None:
-    migrate(make_conninfo(host=host, port=port, user=user, dbname=dbname, password=password), SQL_DIR)
+    owner = make_conninfo(host=host, port=port, user=user, dbname=dbname, password=password)
+    migrate(owner, SQL_DIR)
+    ensure_app_login(owner, app_url(owner))
+
+
+def app_url(owner_url: str) -> str:
+    """The same database, as the API's role."""
+    return make_conninfo(owner_url, user=APP_USER, password=None)
 
 
 timescale_community_proc = factories.postgresql_proc(
@@ -88,8 +97,14 @@ timescale_apache_proc = factories.postgresql_proc(
 @dataclass(frozen=True, slots=True)
 class Database:
     url: str
+    """As the schema owner (migrations, test set-up and checks)."""
     edition: str
     server: PostgreSQLExecutor
+
+    @property
+    def app_url(self) -> str:
+        """As the API's role, which reads and writes data and runs DDL never."""
+        return app_url(self.url)
 
     def connect(self, **kwargs: object) -> psycopg.Connection:
         return psycopg.connect(self.url, **kwargs)

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from api.settings import Settings
 from tests.fix_api import Keys
-from api.maintenance import run_refresh_policies
-from tests.reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
-from tests.test_ingest import iso
+from tests.fix_db import app_url
+from api.ops.maintenance import run_refresh_policies
+from tests.fix_reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
+from tests.fix_readings import iso
 
 HOUR = timedelta(hours=1)
 # Three whole days of history ending two hours ago: windows cross hour and day boundaries.
@@ -154,29 +156,25 @@ def test_fleet_equals_the_raw_computation(client, keys, loaded: Store) -> None:
 @given(seed=st.integers(0, 2**32 - 1), per_device=st.integers(1, 200),
        windows=st.lists(st.tuples(st.integers(-3600, 3 * 86400 + 3600), st.integers(1, 3 * 86400 + 7200)),
                         min_size=1, max_size=8))
-def test_property_any_history_any_window(pg_server, edition, monkeypatch, seed: int, per_device: int,
+def test_property_any_history_any_window(pg_server, edition, seed: int, per_device: int,
                                          windows: list[tuple[int, int]]) -> None:
     """Random histories (duplicates, out of order, late rows, a relink) and random unaligned windows."""
-    from api.app import create_app
-    from api.settings import get_settings
+    from api.server.app import create_app
 
     dbname = f"prop_{seed}_{per_device}_{random.randrange(10**9)}"
     with DatabaseJanitor(user=pg_server.user, host=pg_server.host, port=pg_server.port, dbname=dbname,
                          template_dbname=pg_server.template_dbname, password=pg_server.password):
         url = f"host={pg_server.host} port={pg_server.port} user={pg_server.user} dbname={dbname}"
-        monkeypatch.setenv("DATABASE_URL", url)
-        monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
-        get_settings.cache_clear()
+        settings = Settings.from_env({}, database_url=app_url(url), maintenance_interval_s=0)
         rng = random.Random(seed)
         store = make_history(rng, per_device=per_device)
-        with TestClient(create_app(get_settings())) as client, psycopg.connect(url, autocommit=True) as conn:
+        with TestClient(create_app(settings)) as client, psycopg.connect(url, autocommit=True) as conn:
             keys = Keys(url)
             load(client, keys, conn, edition, store, rng)
             for offset, length in windows:
                 start = T0 + timedelta(seconds=offset)
                 for vehicle in ("V-0", "V-1"):
                     check_performance(client, keys.read, store, vehicle, start, start + timedelta(seconds=length))
-        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(("ac", "dc", "expected"), [

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from api import analytics
-from api.db import session_options
+from api.server import analytics
+from api.db.pool import session_options
 from api.settings import Settings
-from api.maintenance import run_refresh_policies
+from api.ops.maintenance import run_refresh_policies
 from tests.fix_db import Database, ingest_rows
 
 RAW_SCANS = """

@@ -9,9 +9,10 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.auth import revoke_key, split_key
-from tests.fix_api import Keys, count_rows
-from tests.test_ingest import iso, meter, post, vehicle
+from api.db.keys import revoke_key, split_key
+from api.server.app import create_app
+from tests.fix_api import Keys, count_rows, settings_for
+from tests.fix_readings import iso, meter, post, vehicle
 
 NOW = datetime.now(UTC)
 M = "/v1/telemetry/meters"
@@ -110,23 +111,15 @@ def test_one_bad_reading_rejects_the_whole_request(client: TestClient, keys: Key
     assert count_rows(conn)["meter_readings"] == 0
 
 
-def test_too_many_rows_is_413(client: TestClient, keys: Keys, conn, monkeypatch) -> None:
-    from api.settings import get_settings
-
-    monkeypatch.setenv("MAX_ROWS", "10")
-    get_settings.cache_clear()
-    response = post(client, M, [meter(i) for i in range(11)], keys.ingest)
-    assert response.status_code == 413 and "limit is 10" in response.json()["message"]
-    assert post(client, M, [meter(i) for i in range(10)], keys.ingest).json()["inserted"] == 10
+def test_too_many_rows_is_413(database, keys: Keys, conn) -> None:
+    with TestClient(create_app(settings_for(database, max_rows=10))) as client:
+        response = post(client, M, [meter(i) for i in range(11)], keys.ingest)
+        assert response.status_code == 413 and "limit is 10" in response.json()["message"]
+        assert post(client, M, [meter(i) for i in range(10)], keys.ingest).json()["inserted"] == 10
 
 
-def test_an_oversized_body_is_413(keys: Keys, conn, api_settings, monkeypatch) -> None:
-    from api.app import create_app
-    from api.settings import get_settings
-
-    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
-    get_settings.cache_clear()
-    with TestClient(create_app(get_settings())) as small:
+def test_an_oversized_body_is_413(database, keys: Keys, conn) -> None:
+    with TestClient(create_app(settings_for(database, max_body_bytes=2048))) as small:
         response = post(small, M, [meter(i) for i in range(100)], keys.ingest)
         assert response.status_code == 413
         assert post(small, M, [meter(0)], keys.ingest).status_code == 200

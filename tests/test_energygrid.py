@@ -11,14 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 from litestar.testing import TestClient
 
 from api.energygrid import PullConfig, default_serials, pull_once, sign
 from loadgen.energygrid_mock import MockConfig, create_mock_app, dropping_connections
-from bench.env import free_port
+from api.server.process import free_port
 from tests.fix_db import Database
 
 PATH = "/device/real/query"

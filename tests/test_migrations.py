@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from api.migrations import MigrationError, check, migrate
+from api.schema.migrations import MigrationError, check, migrate
 from tests.fix_db import SQL_DIR, Database
 
 AGGREGATE_COLUMNS = {
@@ -47,10 +47,11 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
     assert report.applied == (
         ("0001_readings.sql", "0002_energy_aggregates.community.sql", "0003_policies.community.sql",
          "0004_energygrid.sql", "0005_energygrid_policies.community.sql",
-         "0006_refresh_closed_hours.community.sql", "0007_six_hour_aggregates.community.sql")
+         "0006_refresh_closed_hours.community.sql", "0007_six_hour_aggregates.community.sql",
+         "0008_retention_settings.sql", "0009_chained_refresh.community.sql")
         if empty_database.edition == "community"
         else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql",
-              "0007_six_hour_aggregates.apache.sql")
+              "0007_six_hour_aggregates.apache.sql", "0008_retention_settings.sql")
     )
     with empty_database.connect() as conn:
         ledger = conn.execute("SELECT version, name, edition FROM telemetry.schema_migrations ORDER BY 1").fetchall()
@@ -233,14 +234,13 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
     by_kind: dict[str, dict[str, dict]] = {}
     for proc, relation, config in jobs:
         by_kind.setdefault(proc, {})[relation] = config
-    assert set(by_kind["policy_refresh_continuous_aggregate"]) == set(AGGREGATE_COLUMNS)
-    hourly = by_kind["policy_refresh_continuous_aggregate"]["meter_energy_hourly"]
-    # Inside the raw retention, and each hour materialized as soon as it has closed.
-    assert (hourly["start_offset"], hourly["end_offset"]) == ("30 days", "00:05:00")
-    daily = by_kind["policy_refresh_continuous_aggregate"]["vehicle_energy_daily"]
-    assert (daily["start_offset"], daily["end_offset"]) == ("35 days", "01:00:00")
-    blocks = by_kind["policy_refresh_continuous_aggregate"]["meter_energy_6h"]
-    assert (blocks["start_offset"], blocks["end_offset"]) == ("35 days", "00:15:00")
+    # One refresh job for every aggregate, in dependency order (0009), not a policy per aggregate.
+    assert "policy_refresh_continuous_aggregate" not in by_kind
+    refresh = conn.execute(
+        """SELECT schedule_interval FROM timescaledb_information.jobs
+           WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'"""
+    ).fetchall()
+    assert [str(interval) for (interval,) in refresh] == ["0:05:00"]
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["meter_energy_hourly"]["drop_after"] == "2 years"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from api.migrations import migrate
+from api.schema.migrations import migrate
 from loadgen.run import run
 from tests.fix_db import SQL_DIR
 from tests.test_loadgen import _options
@@ -105,7 +105,7 @@ def test_a_postgresql_restart_gives_503_then_recovers_and_loses_nothing(database
 
 
 def test_errors_and_logs_leak_neither_keys_nor_sql(database, live_server_factory, keys) -> None:
-    from api.auth import split_key
+    from api.db.keys import split_key
 
     server = live_server_factory()
     secret = split_key(keys.all)[1]
@@ -149,7 +149,7 @@ def _server_rss_mb(pid: int) -> float:
 def test_a_flood_of_oversized_and_slow_requests_exhausts_nothing(database, live_server_factory, keys) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.test_ingest import meter
+    from tests.fix_readings import meter
 
     server = live_server_factory(MAX_BODY_BYTES=str(1024 * 1024), DB_POOL_MAX="4")
     headers = {"Authorization": f"Bearer {keys.ingest}", "Content-Type": "application/json"}

@@ -8,33 +8,27 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 import psycopg
-import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.settings import get_settings
-from bench.env import free_port
+from api.server.app import create_app
+from api.settings import Settings
+from api.server.process import free_port
 from tests.fix_api import Keys
-from tests.test_ingest import meter
+from tests.fix_readings import meter
 
 
-def test_an_unreachable_database_gives_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/telemetry")
-    monkeypatch.setenv("DB_POOL_TIMEOUT", "0.5")
-    monkeypatch.setenv("MAINTENANCE_INTERVAL_S", "0")
-    get_settings.cache_clear()
-    try:
-        with TestClient(create_app(get_settings()), timeout=10) as client:
-            response = client.post("/v1/telemetry/meters", json=[meter(0)],
-                                   headers=Keys.header("etk_000000000000_secret"))
-            assert response.status_code == 503
-            assert response.headers["retry-after"] == "1"
-            assert response.json()["error"] == "unavailable"
-            ready = client.get("/health/ready")
-            assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
-            assert client.get("/health/live").status_code == 200
-    finally:
-        get_settings.cache_clear()
+def test_an_unreachable_database_gives_503_with_retry_after() -> None:
+    settings = Settings.from_env({}, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/telemetry",
+                                 pool_timeout_s=0.5, maintenance_interval_s=0)
+    with TestClient(create_app(settings), timeout=10) as client:
+        response = client.post("/v1/telemetry/meters", json=[meter(0)],
+                               headers=Keys.header("etk_000000000000_secret"))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"] == "unavailable"
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+        assert client.get("/health/live").status_code == 200
 
 
 def test_a_saturated_pool_gives_503_and_the_held_request_still_succeeds(

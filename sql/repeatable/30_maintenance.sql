@@ -1,25 +1,50 @@
--- Retention as a maintenance routine: the Apache edition has no policies, so the API runs this
--- periodically; on Community the retention policies do the same work and this is a manual tool.
+-- Retention: telemetry.retention (0008_retention_settings) says how long data is kept; this file's
+-- functions change it and apply it. On Community the retention policies drop expired chunks, and
+-- telemetry.apply_retention_policies() (30_retention.community.sql) keeps their drop_after equal to
+-- the row; on Apache, which has no policies, the API runs telemetry.run_maintenance() periodically.
 
-CREATE OR REPLACE FUNCTION telemetry.run_maintenance(
-    raw_retention    interval DEFAULT INTERVAL '30 days',
-    hourly_retention interval DEFAULT INTERVAL '2 years')
+DROP FUNCTION IF EXISTS telemetry.run_maintenance(interval, interval);
+
+-- Drops the chunks past their retention. SECURITY DEFINER: the API's role may not drop anything
+-- itself; this runs as the schema owner, with a fixed search path.
+CREATE OR REPLACE FUNCTION telemetry.run_maintenance()
 RETURNS TABLE (relation text, dropped_chunk text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
+    keep telemetry.retention;
     target record;
 BEGIN
+    SELECT * INTO STRICT keep FROM telemetry.retention;
     FOR target IN
-        SELECT * FROM (VALUES ('telemetry.meter_readings', raw_retention),
-                              ('telemetry.vehicle_readings', raw_retention),
-                              ('telemetry.energygrid_readings', raw_retention),
-                              ('telemetry.meter_energy_hourly', hourly_retention),
-                              ('telemetry.vehicle_energy_hourly', hourly_retention),
-                              ('telemetry.meter_energy_6h', hourly_retention),
-                              ('telemetry.vehicle_energy_6h', hourly_retention)) AS t(rel, keep)
+        SELECT * FROM (VALUES ('telemetry.meter_readings', keep.raw_readings),
+                              ('telemetry.vehicle_readings', keep.raw_readings),
+                              ('telemetry.energygrid_readings', keep.raw_readings),
+                              ('telemetry.meter_energy_hourly', keep.hourly_aggregates),
+                              ('telemetry.vehicle_energy_hourly', keep.hourly_aggregates),
+                              ('telemetry.meter_energy_6h', keep.hourly_aggregates),
+                              ('telemetry.vehicle_energy_6h', keep.hourly_aggregates)) AS t(rel, keep_for)
     LOOP
         RETURN QUERY
             SELECT target.rel, chunk::text
-            FROM drop_chunks(target.rel::regclass, older_than => now() - target.keep) AS chunk;
+            FROM drop_chunks(target.rel::regclass, older_than => now() - target.keep_for) AS chunk;
     END LOOP;
+END $$;
+
+-- The one way to change retention: the row and, on Community, the policies, in one transaction.
+-- NULL keeps a value as it is.
+CREATE OR REPLACE FUNCTION telemetry.set_retention(
+    p_raw_readings interval, p_hourly_aggregates interval DEFAULT NULL, p_late_margin interval DEFAULT NULL)
+RETURNS telemetry.retention
+LANGUAGE plpgsql AS $$
+DECLARE
+    keep telemetry.retention;
+BEGIN
+    UPDATE telemetry.retention SET
+        raw_readings = coalesce(p_raw_readings, raw_readings),
+        hourly_aggregates = coalesce(p_hourly_aggregates, hourly_aggregates),
+        late_margin = coalesce(p_late_margin, late_margin),
+        updated_at = now()
+    RETURNING * INTO STRICT keep;
+    PERFORM telemetry.apply_retention_policies();
+    RETURN keep;
 END $$;

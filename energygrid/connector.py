@@ -5,7 +5,6 @@ signed requests, batches of 10), stores the readings through the platform's writ
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections import Counter
@@ -21,18 +20,9 @@ from aiolimiter import AsyncLimiter
 # Retries are counted in the run's report; stamina's default hook would log each one.
 stamina.instrumentation.set_on_retry_hooks([])
 
-QUERY_PATH = "/device/real/query"
-DEFAULT_TOKEN = "interview_token_123"
-BATCH_SIZE = 10
+from energygrid.protocol import DEFAULT_TOKEN, MAX_SERIALS, QUERY_PATH, serials, sign
 
-
-def sign(path: str, token: str, timestamp_ms: str) -> str:
-    """The vendor's signature: lowercase hex MD5 of path + token + timestamp."""
-    return hashlib.md5((path + token + timestamp_ms).encode()).hexdigest()
-
-
-def default_serials(count: int = 500) -> list[str]:
-    return [f"SN-{i:03d}" for i in range(count)]
+BATCH_SIZE = MAX_SERIALS
 
 
 class RetryableResponse(Exception):
@@ -51,7 +41,7 @@ class TooManyFailures(Exception):
 class PullConfig:
     url: str
     token: str = DEFAULT_TOKEN
-    serials: tuple[str, ...] = tuple(default_serials())
+    serials: tuple[str, ...] = tuple(serials())
     min_interval_s: float = 1.02
     """Spacing between requests; the vendor allows one a second, a little margin absorbs jitter."""
     in_flight: int = 3

@@ -7,25 +7,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from litestar.middleware import DefineMiddleware
-
-from api.analytics import AnalyticsController
-from api.db import create_pool
-from api.devices import DeviceController
-from api.errors import EXCEPTION_HANDLERS
-from api.health import HealthController
-from api.maintenance import run_maintenance_periodically
-from api.security import OPEN_PATHS, ApiKeyAuthentication
-from api.settings import Settings, get_settings
-from api.telemetry import TelemetryController
+from api.db.pool import create_pool
+from api.db.retention import RetentionCache
+from api.ops.maintenance import run_maintenance_periodically
+from api.server.analytics import AnalyticsController
+from api.server.devices import DeviceController
+from api.server.errors import EXCEPTION_HANDLERS
+from api.server.health import HealthController
+from api.server.keys import KeyController
+from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthentication
+from api.server.telemetry import TelemetryController
+from api.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or get_settings()
+    """The application; without settings (a server's worker process) they are read from the environment."""
+    settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
@@ -41,10 +45,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
-                        AnalyticsController],
+                        AnalyticsController, KeyController],
         lifespan=[database],
+        dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
@@ -52,6 +57,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version="1.0.0",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(security_schemes={SECURITY_SCHEME: SecurityScheme(
+                type="http", scheme="bearer", bearer_format="API key",
+                description="An API key (`etk_...`) with the scope the operation names: ingest, read or admin. "
+                            "Create one with `python -m api keys create --scope ingest,read`.")}),
         ),
         request_max_body_size=settings.max_body_bytes,
     )
+    app.state.settings = settings
+    app.state.retention = RetentionCache(settings.retention_cache_s)
+    return app

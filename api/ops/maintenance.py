@@ -1,5 +1,6 @@
 """Retention on the Apache edition: no policies there, so the API runs telemetry.run_maintenance()
-periodically; an advisory lock keeps several API processes from doing it at once."""
+periodically (it reads telemetry.retention); an advisory lock keeps several API processes from doing
+it at once. Also the refresh of the continuous aggregates on demand (Community)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ log = logging.getLogger("api.maintenance")
 _LOCK_KEY = 0x7E1E_3E72_0002
 
 
-async def run_maintenance_once(pool: AsyncConnectionPool, settings: Settings) -> int | None:
+async def run_maintenance_once(pool: AsyncConnectionPool) -> int | None:
     """Drop expired chunks; None when another process holds the lock or the edition has policies."""
-    async with pool.connection(timeout=settings.pool_timeout_s) as conn, conn.transaction():
+    async with pool.connection() as conn, conn.transaction():
         cur = await conn.execute("SELECT current_setting('timescaledb.license', true), pg_try_advisory_xact_lock(%s)",
                                  (_LOCK_KEY,))
         license_, locked = await cur.fetchone()
         if license_ == "timescale" or not locked:
             return None
-        cur = await conn.execute("SELECT count(*) FROM telemetry.run_maintenance(%s, %s)",
-                                 (settings.raw_retention, settings.hourly_retention))
+        cur = await conn.execute("SELECT count(*) FROM telemetry.run_maintenance()")
         (dropped,) = await cur.fetchone()
     if dropped:
         log.info("maintenance dropped %d expired chunks", dropped)
@@ -36,20 +36,19 @@ async def run_maintenance_periodically(pool: AsyncConnectionPool, settings: Sett
         return
     while True:
         try:
-            await run_maintenance_once(pool, settings)
+            await run_maintenance_once(pool)
         except Exception as exc:  # the database may be away; try again next period
             log.warning("maintenance skipped: %s", type(exc).__name__)
         await asyncio.sleep(settings.maintenance_interval_s)
 
 
 def run_refresh_policies(conn: psycopg.Connection) -> int:
-    """Run the continuous-aggregate refresh policies now, as the scheduler would: hourly aggregates
-    first, then the six-hour and daily ones built on them. Returns how many ran (0 on the Apache edition, whose
-    aggregate tables the ingest keeps exact). `conn` must be in autocommit mode."""
+    """Run the continuous-aggregate refresh job now, as the scheduler would (hourly aggregates first,
+    then the six-hour and daily ones built on them). Returns how many jobs ran (0 on the Apache
+    edition, whose aggregate tables the ingest keeps exact). `conn` must be in autocommit mode."""
     jobs = conn.execute(
         """SELECT job_id FROM timescaledb_information.jobs
-           WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_schema = 'telemetry'
-           ORDER BY hypertable_name NOT LIKE '%hourly', job_id"""
+           WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates' ORDER BY job_id"""
     ).fetchall()
     for (job,) in jobs:
         conn.execute("CALL run_job(%s)", (job,))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import psycopg
 from typing import Any
+
+import psycopg
 
 from psycopg_pool import AsyncConnectionPool
 
-from api.settings import Settings, get_settings
+from api.settings import Settings
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -45,7 +46,7 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
 
 
 async def fetch_all(pool: AsyncConnectionPool, sql: str, params: Any = None) -> list[tuple]:
-    """Run one read query on a pooled connection; waits at most the pool timeout for a connection."""
-    async with pool.connection(timeout=get_settings().pool_timeout_s) as conn:
+    """Run one read query on a pooled connection; waits at most the pool's timeout for a connection."""
+    async with pool.connection() as conn:
         cur = await conn.execute(sql, params)
         return await cur.fetchall()

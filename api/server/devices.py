@@ -12,10 +12,10 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, Parameter
 
-from api.db import fetch_all
+from api.db.pool import fetch_all
 from api.readings import DEVICE_ID_PATTERN, BadInput, DeviceId, Timestamp
-from api.security import requires
-from api.settings import get_settings
+from api.server.security import BEARER, requires
+from api.server.dependencies import AppSettings
 
 PathDeviceId = Annotated[str, Parameter(pattern=DEVICE_ID_PATTERN, max_length=64, description="Device id")]
 
@@ -98,7 +98,7 @@ async def _latest(state: State, sql: str, device_id: str, kind: str) -> tuple:
 async def _link(state: State, links: list[BulkLink]) -> list[Link]:
     # Lock order by vehicle id, so concurrent bulk requests cannot deadlock on each other.
     ordered = sorted(links, key=lambda link: link.vehicle_id)
-    async with state.pool.connection(timeout=get_settings().pool_timeout_s) as conn:
+    async with state.pool.connection() as conn:
         try:
             # In UTC: RFC 3339 allows offsets PostgreSQL rejects (beyond 15:59) inside a timestamptz[].
             starts = [x.valid_from.astimezone(UTC) if x.valid_from else None for x in ordered]
@@ -111,6 +111,7 @@ async def _link(state: State, links: list[BulkLink]) -> list[Link]:
 class DeviceController(Controller):
     path = "/v1"
     tags = ["devices"]
+    security = BEARER
 
     @get("/meters/{meter_id:str}/status", guards=[requires("read")], summary="Latest reading of a meter")
     async def meter_status(self, state: State, meter_id: PathDeviceId) -> MeterStatus:
@@ -127,11 +128,11 @@ class DeviceController(Controller):
         return link
 
     @put("/vehicles/meters", guards=[requires("ingest")], summary="Link many vehicles to their meters at once")
-    async def link_vehicles(self, state: State, data: JSONBody[list[BulkLink]]) -> BulkLinkResult:
+    async def link_vehicles(self, state: State, settings: AppSettings, data: JSONBody[list[BulkLink]]) -> BulkLinkResult:
         if not data:
             raise BadInput(422, "empty list: send at least one link")
-        if len(data) > get_settings().max_rows:
-            raise BadInput(413, f"{len(data)} links in one request; the limit is {get_settings().max_rows}")
+        if len(data) > settings.max_rows:
+            raise BadInput(413, f"{len(data)} links in one request; the limit is {settings.max_rows}")
         links = await _link(state, data)
         return BulkLinkResult(linked=len(links), changed=sum(link.changed for link in links))
 

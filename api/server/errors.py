@@ -4,19 +4,50 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from psycopg_pool import PoolTimeout
 
-from api.readings import BadInput
-from api.settings import get_settings
+from api.readings import BadInput, RowError
 
 log = logging.getLogger("api")
 
 # What "the database is away or overloaded" looks like from psycopg: answer 503, never 500.
 UNAVAILABLE = (PoolTimeout, psycopg.OperationalError, psycopg.errors.AdminShutdown,
                psycopg.errors.CannotConnectNow, psycopg.errors.QueryCanceled)
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every 4xx and 503 answer."""
+
+    error: str
+    """A stable code: invalid_input, too_large, unsupported_media_type, unauthorized, forbidden,
+    not_found, conflict, unavailable."""
+    message: str
+    """What went wrong, for a person."""
+    errors: list[RowError] | None = None
+    """For rejected readings: the first failing rows, each with its index, field and reason."""
+
+
+_MEANING = {
+    401: "No API key, or an unknown or revoked one",
+    403: "The API key lacks the scope this operation needs",
+    404: "Not found",
+    409: "Conflicts with the stored state; nothing was changed",
+    413: "The body or its number of rows is over the configured limits; nothing was stored",
+    415: "Unsupported content type",
+    422: "Invalid input (the first failing rows are listed); nothing was stored",
+    503: "The database is unavailable or overloaded; retry after the Retry-After header's seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of the error answers an operation can give."""
+    return {code: ResponseSpec(data_container=ErrorBody, description=_MEANING[code], generate_examples=False)
+            for code in codes}
 
 
 def _body(error: str, message: str, errors: list | None = None) -> dict:
@@ -27,16 +58,16 @@ def _body(error: str, message: str, errors: list | None = None) -> dict:
 
 
 def bad_input(_: Request, exc: BadInput) -> Response:
-    error = {413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "invalid_input")
+    error = {409: "conflict", 413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "invalid_input")
     return Response(_body(error, exc.message, exc.errors), status_code=exc.status)
 
 
-def unavailable(_: Request, exc: Exception) -> Response:
+def unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database unavailable: %s", type(exc).__name__)
     return Response(
         _body("unavailable", "the database is unavailable or overloaded; retry later"),
         status_code=503,
-        headers={"Retry-After": str(get_settings().retry_after_s)},
+        headers={"Retry-After": str(request.app.state.settings.retry_after_s)},
     )
 
 

@@ -11,15 +11,16 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter, QueryParameter
-from sqlalchemy import Float, Integer, Interval, Text, bindparam, column, func, select
+from sqlalchemy import Float, Integer, Interval, Text, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import DateTime
 
-from api.db import fetch_all
-from api.devices import PathDeviceId
+from api.db.pool import fetch_all
+from api.server.devices import PathDeviceId
 from api.readings import BadInput
-from api.security import requires
-from api.settings import Settings, get_settings
+from api.server.security import BEARER, requires
+from api.settings import Settings
+from api.server.dependencies import AppSettings
 
 BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "1w": timedelta(weeks=1)}
 MAX_SERIES_BUCKETS = 10_000
@@ -135,12 +136,12 @@ class AnalyticsController(Controller):
     path = "/v1/analytics"
     tags = ["analytics"]
     guards = [requires("read")]
+    security = BEARER
 
     @get("/performance/{vehicle_id:str}", summary="Charging efficiency of one vehicle over a window")
-    async def performance(self, state: State, vehicle_id: PathDeviceId, start: From = None,
+    async def performance(self, state: State, settings: AppSettings, vehicle_id: PathDeviceId, start: From = None,
                           end: To = None) -> Performance:
         start, end = _window_params(start, end)
-        settings = get_settings()
         rows = await fetch_all(state.pool, PERFORMANCE_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
                                                      **_thresholds_params(settings)})
         if not rows:
@@ -155,11 +156,11 @@ class AnalyticsController(Controller):
                            note=note)
 
     @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers")
-    async def fleet(self, state: State, start: From = None, end: To = None,
+    async def fleet(self, state: State, settings: AppSettings, start: From = None, end: To = None,
                     worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Fleet:
         start, end = _window_params(start, end)
         rows = await fetch_all(state.pool, FLEET_SQL, {"from": start, "to": end, "worst": worst,
-                                               **_thresholds_params(get_settings())})
+                                               **_thresholds_params(settings)})
         (vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts, ranked) = rows[0]
         return Fleet(
             start, end, vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts,

@@ -40,7 +40,7 @@ async def _copy_vehicles(cur: psycopg.AsyncCursor, batch: Batch) -> None:
             await copy.write_row((r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp))
 
 
-async def ingest_batch(pool: AsyncConnectionPool, batch: Batch, timeout: float) -> IngestResult:
+async def ingest_batch(pool: AsyncConnectionPool, batch: Batch) -> IngestResult:
     """Store a validated batch atomically; returns how many readings were new and how many were repeats."""
     # Concurrent batches touching the same rows can deadlock (Apache aggregate upserts); the
     # transaction is replayed from the batch, which is still in memory.
@@ -50,7 +50,7 @@ async def ingest_batch(pool: AsyncConnectionPool, batch: Batch, timeout: float) 
         with attempt:
             inserted = {"meters": 0, "vehicles": 0}
             duplicates = {"meters": 0, "vehicles": 0}
-            async with pool.connection(timeout=timeout) as conn, conn.transaction(), conn.cursor() as cur:
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 if batch.meters:
                     await _copy_meters(cur, batch)
                     await cur.execute("SELECT inserted, duplicates FROM telemetry.ingest_meter_staging()")

@@ -10,10 +10,12 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from api.auth import KeyFormatError, secret_matches, split_key
-from api.settings import get_settings
+from api.db.keys import ACTIVE_KEY_SQL, KeyFormatError, secret_matches, split_key
 
 OPEN_PATHS = ["^/health", "^/metrics", "^/schema"]
+SECURITY_SCHEME = "apiKey"
+# The OpenAPI security requirement of every operation outside OPEN_PATHS.
+BEARER = [{SECURITY_SCHEME: []}]
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="telemetry"'}
 
 
@@ -27,11 +29,8 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         except KeyFormatError:
             raise NotAuthorizedException("unknown API key", headers=_CHALLENGE) from None
         pool = connection.app.state.pool
-        async with pool.connection(timeout=get_settings().pool_timeout_s) as conn:
-            cur = await conn.execute(
-                "SELECT secret_hash, scopes FROM telemetry.api_keys WHERE key_id = %s AND revoked_at IS NULL",
-                (key_id,),
-            )
+        async with pool.connection() as conn:
+            cur = await conn.execute(ACTIVE_KEY_SQL, (key_id,))
             row = await cur.fetchone()
         if row is None or not secret_matches(secret, row[0]):
             raise NotAuthorizedException("unknown API key", headers=_CHALLENGE)

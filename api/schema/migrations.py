@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 # pg_advisory_lock key: two runners never interleave, whichever process or host they run on.
 MIGRATION_LOCK_KEY = 0x7E1E_3E72_0001
@@ -199,3 +201,31 @@ def _apply_versioned(conn: psycopg.Connection, sql_file: SqlFile, edition: str) 
         )
 
     _run(conn, sql_file, then=record)
+
+
+APP_ROLE = "telemetry_app"
+
+
+def ensure_app_login(owner_conninfo: str, app_conninfo: str) -> str | None:
+    """Make the API's login role (the user of `app_conninfo`) a member of telemetry_app, creating it
+    (with the password in `app_conninfo`, if any) when missing. Returns its name, or None when the
+    API connects as the owner itself (a single-role deployment)."""
+    owner, app = conninfo_to_dict(owner_conninfo), conninfo_to_dict(app_conninfo)
+    user = app.get("user")
+    if not user or user == owner.get("user"):
+        return None
+    password = app.get("password")
+    with psycopg.connect(owner_conninfo, autocommit=True) as conn:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                role = sql.Identifier(user)
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                if password:
+                    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(APP_ROLE), role))
+        except psycopg.Error as exc:
+            raise MigrationError(f"setting up the API role {user!r}: {exc}") from exc
+    return user

@@ -4,7 +4,6 @@ request, 500 devices with realistic power and about 10% offline, and faults on r
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import random
 import time
@@ -15,25 +14,15 @@ import msgspec
 from litestar import Litestar, Request, post
 from litestar.response import Response
 
-PATH = "/device/real/query"
-DEFAULT_TOKEN = "interview_token_123"
-MAX_SERIALS = 10
-RATE_LIMIT_ERROR = "Too Many Requests. Limit: 1 req/sec."
-
-
-def serials(count: int = 500) -> list[str]:
-    return [f"SN-{i:03d}" for i in range(count)]
-
-
-def signature(path: str, token: str, timestamp: str) -> str:
-    return hashlib.md5((path + token + timestamp).encode()).hexdigest()
+from energygrid.protocol import (DEFAULT_TOKEN, MAX_SERIALS, MIN_INTERVAL_S, QUERY_PATH, RATE_LIMIT_ERROR, serials,
+                                 sign)
 
 
 @dataclass
 class MockConfig:
     token: str = DEFAULT_TOKEN
     devices: int = 500
-    min_interval_s: float = 1.0
+    min_interval_s: float = MIN_INTERVAL_S
     fail_rate: float = 0.0
     latency_ms: float = 0.0
     drop_rate: float = 0.0
@@ -79,7 +68,7 @@ def _error(status: int, message: str) -> Response:
 def create_mock_app(config: MockConfig) -> Litestar:
     state = MockState(config, rng=random.Random(config.seed))
 
-    @post(PATH, status_code=200)
+    @post(QUERY_PATH, status_code=200)
     async def query(request: Request) -> Response:
         # One global limit, checked on arrival, before authentication.
         async with state.lock:
@@ -94,7 +83,7 @@ def create_mock_app(config: MockConfig) -> Litestar:
         if not timestamp or not sent:
             state.counts["401"] += 1
             return _error(401, "Missing timestamp or signature header")
-        if not hmac.compare_digest(sent, signature(PATH, config.token, timestamp)):
+        if not hmac.compare_digest(sent, sign(QUERY_PATH, config.token, timestamp)):
             state.counts["401"] += 1
             return _error(401, "Invalid signature")
         try:

@@ -7,8 +7,8 @@ from litestar.datastructures import State
 from litestar.response import Response
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
-from api import migrations
-from api.settings import get_settings
+from api.schema import migrations
+from api.server.dependencies import AppSettings
 
 
 class HealthController(Controller):
@@ -20,11 +20,10 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", summary="The database is reachable and its schema is current")
-    async def ready(self, state: State) -> Response[dict[str, object]]:
-        settings = get_settings()
+    async def ready(self, state: State, settings: AppSettings) -> Response[dict[str, object]]:
         retry = {"Retry-After": str(settings.retry_after_s)}
         try:
-            async with state.pool.connection(timeout=settings.pool_timeout_s) as conn:
+            async with state.pool.connection() as conn:
                 cur = await conn.execute("SELECT to_regclass('telemetry.schema_migrations') IS NOT NULL")
                 (has_ledger,) = await cur.fetchone()
                 cur = await conn.execute(migrations.LEDGER_QUERY if has_ledger else migrations.LICENSE_QUERY)
@@ -33,7 +32,7 @@ class HealthController(Controller):
             return Response({"status": "unavailable", "reason": type(exc).__name__},
                             status_code=HTTP_503_SERVICE_UNAVAILABLE, headers=retry)
         edition = migrations.edition_of_license(license_)
-        problems = migrations.compare(edition, migrations.ledger_from_rows(rows), settings.sql_dir)
+        problems = migrations.compare(edition, migrations.ledger_from_rows(rows), settings.sql_path)
         if problems:
             return Response({"status": "schema_outdated", "problems": problems},
                             status_code=HTTP_503_SERVICE_UNAVAILABLE, headers=retry)

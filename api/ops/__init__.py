@@ -1,0 +1,1 @@
+"""Operations on a running database: retention, maintenance and aggregate refreshes."""

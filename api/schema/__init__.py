@@ -1,0 +1,1 @@
+"""Database schema tools: the migration runner for the SQL under sql/."""

@@ -1,0 +1,1 @@
+"""The HTTP server: the Litestar application, its routes, authentication and error responses."""

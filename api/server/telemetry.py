@@ -1,0 +1,101 @@
+"""Telemetry ingestion endpoints: meters, vehicles and mixed batches in JSON, NDJSON or CSV."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.datastructures import State
+from litestar.openapi.spec import Operation
+
+from api.db.ingest import READINGS, IngestResult, ingest_batch
+from api.readings import STREAMS, BadInput, Batch, Limits, MeterReading, VehicleReading, parse_body, validate_batch
+from api.server.errors import error_responses
+from api.server.dependencies import AppSettings
+from api.server.security import BEARER, requires
+from api.settings import Settings
+
+_DESCRIPTION = (
+    "Body: one reading or a JSON array of them (`application/json`), one reading per line "
+    "(`application/x-ndjson`), or `text/csv` with a header row of the field names. The whole request is "
+    "one transaction: a rejected request writes nothing. Readings already stored (same device and "
+    "timestamp) are counted as duplicates and ignored, so retries are safe."
+)
+
+
+def _reading_schema(kind: type) -> dict[str, Any]:
+    """The JSON Schema of one reading, inlined (readings nest no other type)."""
+    schema = msgspec.json.schema(kind)
+    return schema["$defs"][kind.__name__]
+
+
+def _body_schemas(stream: str | None) -> dict[str, Any]:
+    if stream is None:
+        one = {"oneOf": [_reading_schema(MeterReading), _reading_schema(VehicleReading)]}
+        return {"application/json": {"schema": {"type": "array", "minItems": 1, "items": one}}}
+    one = _reading_schema(STREAMS[stream])
+    fields = ",".join(f.encode_name for f in msgspec.structs.fields(STREAMS[stream]))
+    return {
+        "application/json": {"schema": {"oneOf": [one, {"type": "array", "minItems": 1, "items": one}]}},
+        "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON reading (as above) a line"}},
+        "text/csv": {"schema": {"type": "string", "description": f"A header row `{fields}`, then one reading a row"}},
+    }
+
+
+def _operation(stream: str | None) -> type[Operation]:
+    """An OpenAPI operation that documents the body the handler decodes itself (to keep one fast path
+    for three media types, the handlers read the raw body)."""
+    content = _body_schemas(stream)
+
+    @dataclass
+    class IngestOperation(Operation):
+        def to_schema(self) -> dict[str, Any]:
+            schema = super().to_schema()
+            schema["requestBody"] = {"required": True, "content": content}
+            return schema
+
+    return IngestOperation
+
+
+async def _ingest(request: Request, state: State, settings: Settings, stream: str | None) -> IngestResult:
+    body = await request.body()
+    retention = await state.retention.get(state.pool)
+    try:
+        rows = parse_body(body, request.headers.get("content-type", ""), stream)
+        batch: Batch = validate_batch(rows, Limits(settings.max_rows, settings.max_future_skew, retention.accepted_age))
+    except BadInput:
+        READINGS.labels(stream or "mixed", "rejected_request").inc()
+        raise
+    return await ingest_batch(state.pool, batch)
+
+
+_RESPONSES = error_responses(401, 403, 413, 415, 422, 503)
+
+
+class TelemetryController(Controller):
+    path = "/v1/telemetry"
+    tags = ["telemetry"]
+    guards = [requires("ingest")]
+    security = BEARER
+
+    @post("/meters", status_code=200, summary="Ingest smart meter readings (AC)", description=_DESCRIPTION,
+          response_description="Counts of new and duplicate readings, after commit",
+          operation_class=_operation("meters"), responses=_RESPONSES)
+    async def meters(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+        return await _ingest(request, state, settings, "meters")
+
+    @post("/vehicles", status_code=200, summary="Ingest vehicle readings (DC)", description=_DESCRIPTION,
+          response_description="Counts of new and duplicate readings, after commit",
+          operation_class=_operation("vehicles"), responses=_RESPONSES)
+    async def vehicles(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+        return await _ingest(request, state, settings, "vehicles")
+
+    @post("/", status_code=200, summary="Ingest a JSON array mixing meter and vehicle readings",
+          description="Each element is classified by its id field: `meterId` or `vehicleId` (both or neither "
+                      "is an error). " + _DESCRIPTION,
+          response_description="Counts of new and duplicate readings, after commit",
+          operation_class=_operation(None), responses=_RESPONSES)
+    async def mixed(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+        return await _ingest(request, state, settings, None)

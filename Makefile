@@ -7,8 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCAL_PG_PORT ?= 55432
 export LOCAL_PG_PORT
-DEV_DATABASE_URL := postgresql://postgres@127.0.0.1:$(LOCAL_PG_PORT)/telemetry
+# The local cluster: migrations run as its owner (postgres), the API as telemetry_api, a role that
+# reads and writes data and runs no DDL (created by `python -m api migrate`).
+DEV_OWNER_URL := postgresql://postgres@127.0.0.1:$(LOCAL_PG_PORT)/telemetry
+DEV_DATABASE_URL := postgresql://telemetry_api@127.0.0.1:$(LOCAL_PG_PORT)/telemetry
 RUN_DATABASE_URL := $(or $(DATABASE_URL),$(DEV_DATABASE_URL))
+RUN_MIGRATE_URL := $(or $(MIGRATE_DATABASE_URL),$(if $(DATABASE_URL),$(DATABASE_URL),$(DEV_OWNER_URL)))
+DEV_KEY_FILE ?= .local/dev-api-key
 API_HOST ?= 127.0.0.1
 API_PORT ?= 8000
 
@@ -35,22 +40,25 @@ db: timescaledb ## Create and start the local development cluster (unless DATABA
 	@bash scripts/local-db.sh
 
 .PHONY: migrate
-migrate: venv db ## Apply the SQL migrations
-	@DATABASE_URL=$(RUN_DATABASE_URL) $(PY) -m api migrate
+migrate: venv db ## Apply the SQL migrations (as the owner) and set up the API's role
+	@DATABASE_URL='$(RUN_DATABASE_URL)' MIGRATE_DATABASE_URL='$(RUN_MIGRATE_URL)' $(PY) -m api migrate
+
+.PHONY: dev-key
+dev-key: venv ## Reuse the development API key in .local/dev-api-key while it is valid, else create one (mode 0600)
+	@DATABASE_URL='$(RUN_DATABASE_URL)' $(PY) -m api keys ensure --file $(DEV_KEY_FILE) \
+		--scope ingest,read,admin --name "make run" >/dev/null
 
 .PHONY: run
 run: migrate ## Set up everything and serve the API on 127.0.0.1:8000
-	@mkdir -p .local
-	@DATABASE_URL=$(RUN_DATABASE_URL) $(PY) -m api keys create --scope ingest,read,admin --name "make run" \
-		| tail -n 1 > .local/dev-api-key
+	@$(MAKE) --no-print-directory dev-key
 	@echo ""
 	@echo "  API:         http://$(API_HOST):$(API_PORT)"
 	@echo "  API docs:    http://$(API_HOST):$(API_PORT)/schema"
 	@echo "  Readiness:   http://$(API_HOST):$(API_PORT)/health/ready"
 	@echo "  Metrics:     http://$(API_HOST):$(API_PORT)/metrics"
-	@echo "  Dev API key: $$(cat .local/dev-api-key)   (scopes ingest,read,admin; also in .local/dev-api-key)"
+	@echo "  Dev API key: $$(cat $(DEV_KEY_FILE))   (scopes ingest,read,admin; kept in $(DEV_KEY_FILE), mode 0600)"
 	@echo ""
-	@DATABASE_URL=$(RUN_DATABASE_URL) API_HOST=$(API_HOST) API_PORT=$(API_PORT) exec $(PY) -m api serve
+	@DATABASE_URL='$(RUN_DATABASE_URL)' API_HOST=$(API_HOST) API_PORT=$(API_PORT) exec $(PY) -m api serve
 
 .PHONY: test
 test: venv timescaledb ## Run the whole test suite against every TimescaleDB edition this machine can run
@@ -58,7 +66,7 @@ test: venv timescaledb ## Run the whole test suite against every TimescaleDB edi
 
 .PHONY: bench
 bench: venv db ## Run the benchmarks (prints a table, writes bench-results/*.json)
-	$(PY) -m bench $(BENCH_ARGS)
+	@DATABASE_URL='$(RUN_DATABASE_URL)' MIGRATE_DATABASE_URL='$(RUN_MIGRATE_URL)' $(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: stop-db
 stop-db: ## Stop the local development cluster

@@ -6,7 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from api.settings import PROJECT_ROOT
 
@@ -36,6 +38,40 @@ def test_compose_runs_migrations_once_before_the_api() -> None:
     assert "/health/ready" in " ".join(services["api"]["healthcheck"]["test"])
     for name in ("migrate", "api"):
         assert "@db:5432/telemetry" in services[name]["environment"]["DATABASE_URL"]
+
+
+def test_compose_migrates_as_the_owner_and_serves_as_the_api_role() -> None:
+    services = _compose()["services"]
+    owner = conninfo_to_dict(services["migrate"]["environment"]["MIGRATE_DATABASE_URL"].replace("${", "").replace(
+        ":-", "_").replace("}", ""))
+    assert owner["user"] == "postgres"
+    for name in ("migrate", "api"):
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert url.startswith("postgresql://telemetry_api:"), url
+    assert "MIGRATE_DATABASE_URL" not in services["api"]["environment"]
+
+
+def test_make_dev_key_reuses_a_valid_key_and_keeps_it_private(database, tmp_path: Path) -> None:
+    """`make run` keeps one development key (mode 0600) instead of a new admin key on every run."""
+    key_file = tmp_path / "dev-api-key"
+
+    def dev_key() -> str:
+        result = subprocess.run(["make", "-s", "dev-key", f"DEV_KEY_FILE={key_file}"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "DATABASE_URL": database.app_url})
+        assert result.returncode == 0, result.stderr
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        return key_file.read_text().strip()
+
+    first, second = dev_key(), dev_key()
+    assert first == second and first.startswith("etk_")
+    with psycopg.connect(database.url) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry.api_keys").fetchone()[0] == 1
+        conn.execute("UPDATE telemetry.api_keys SET revoked_at = now()")
+    third = dev_key()
+    assert third != first
+    with psycopg.connect(database.url) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry.api_keys WHERE revoked_at IS NULL").fetchone()[0] == 1
 
 
 def test_compose_keeps_the_load_generator_behind_a_profile() -> None:

@@ -1,12 +1,24 @@
-"""Retention drops expired raw chunks; the aggregates for those hours survive unchanged."""
+"""Retention: one row in the database says how long data is kept; ingest, the policies, maintenance and
+the refreshes follow it. Expired raw chunks are dropped; the aggregates for those hours survive."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
+from litestar.testing import TestClient
+from psycopg.types.json import Jsonb
 
-from tests.fix_db import Database, ingest_rows
+from api.ops.maintenance import run_refresh_policies
+from api.schema.migrations import migrate
+from api.server.app import create_app
+from tests.fix_api import Keys, settings_for
+from tests.fix_db import SQL_DIR, Database, ingest_rows
+from tests.fix_readings import meter, post
 
 
 def _hourly(conn: psycopg.Connection, meter_id: str) -> list[tuple]:
@@ -62,3 +74,73 @@ def test_retention_drops_old_raw_chunks_but_keeps_their_aggregates(database: Dat
             (old_hour.replace(hour=0),),
         ).fetchone()
         assert daily_old[1] == 60 and abs(daily_old[0] - hourly_before[0][1]) < 1e-9
+
+
+def _cli(database: Database, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": database.app_url, "MIGRATE_DATABASE_URL": database.url}
+    return subprocess.run([sys.executable, "-m", "api", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def _raw_policies(conn: psycopg.Connection) -> dict[str, str]:
+    return dict(conn.execute(
+        """SELECT hypertable_name, config ->> 'drop_after' FROM timescaledb_information.jobs
+           WHERE proc_name = 'policy_retention' AND hypertable_schema = 'telemetry'"""
+    ).fetchall())
+
+
+def test_retention_is_one_row_that_ingest_and_the_policies_follow(database: Database, keys: Keys) -> None:
+    """A reading the API accepts is never dropped before the retention it was accepted under."""
+    reading = meter(minutes_ago=45 * 24 * 60)  # 45 days old
+    with TestClient(create_app(settings_for(database, retention_cache_s=0))) as client, \
+            database.connect(autocommit=True) as conn:
+        rejected = post(client, "/v1/telemetry/meters", [reading], keys.ingest)
+        assert rejected.status_code == 422 and "older than" in rejected.json()["errors"][0]["reason"]
+        if database.edition == "community":
+            assert _raw_policies(conn)["meter_readings"] == "30 days"
+
+        changed = _cli(database, "retention", "set", "--raw-days", "60")
+        assert changed.returncode == 0, changed.stderr
+        assert "raw readings:      60 days" in changed.stdout
+        assert conn.execute("SELECT raw_readings FROM telemetry.retention").fetchone()[0] == timedelta(days=60)
+        if database.edition == "community":
+            policies = _raw_policies(conn)
+            assert {policies[t] for t in ("meter_readings", "vehicle_readings", "energygrid_readings")} == {"60 days"}
+            assert policies["meter_energy_hourly"] == "2 years"
+
+        accepted = post(client, "/v1/telemetry/meters", [reading], keys.ingest)
+        assert accepted.status_code == 200 and accepted.json()["inserted"] == 1
+        _apply_retention(conn, database.edition)
+        assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 1
+        # The refresh windows follow the row too: the reading reaches its hourly aggregate.
+        run_refresh_policies(conn)
+        hourly = _hourly(conn, reading["meterId"])
+        assert [(readings, round(kwh, 9)) for _, kwh, readings in hourly] == [(1, reading["kwhConsumedAc"])]
+
+        # Back to 30 days: the API refuses the old reading again, and retention drops it.
+        assert _cli(database, "retention", "set", "--raw-days", "30").returncode == 0
+        assert post(client, "/v1/telemetry/meters", [meter(minutes_ago=45 * 24 * 60 + 1)],
+                    keys.ingest).status_code == 422
+        _apply_retention(conn, database.edition)
+        assert conn.execute("SELECT count(*) FROM telemetry.meter_readings").fetchone()[0] == 0
+
+
+def test_an_impossible_retention_is_refused_and_changes_nothing(database: Database) -> None:
+    refused = _cli(database, "retention", "set", "--raw-days", "800")  # longer than the hourly aggregates
+    assert refused.returncode == 2 and "retention not changed" in refused.stderr
+    shown = _cli(database, "retention", "show")
+    assert shown.returncode == 0 and "raw readings:      30 days" in shown.stdout
+    with database.connect() as conn:
+        assert conn.execute("SELECT raw_readings FROM telemetry.retention").fetchone()[0] == timedelta(days=30)
+
+
+def test_a_policy_edited_by_hand_is_put_back_by_the_next_migration(database: Database) -> None:
+    if database.edition != "community":
+        pytest.skip("the Apache edition has no policies: run_maintenance() reads telemetry.retention itself")
+    with database.connect(autocommit=True) as conn:
+        job, config = conn.execute(
+            """SELECT job_id, config FROM timescaledb_information.jobs
+               WHERE proc_name = 'policy_retention' AND hypertable_name = 'vehicle_readings'""").fetchone()
+        conn.execute("SELECT alter_job(%s, config => %s)", (job, Jsonb({**config, "drop_after": "3 days"})))
+        assert _raw_policies(conn)["vehicle_readings"] == "3 days"
+        migrate(database.url, SQL_DIR)
+        assert _raw_policies(conn)["vehicle_readings"] == "30 days"

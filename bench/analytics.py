@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from api import analytics
-from api.maintenance import run_refresh_policies
+from api.server import analytics
+from api.ops.maintenance import run_refresh_policies
 from bench.env import ApiProcess, create_key, fresh_database
 from bench.ingest import percentile
 

@@ -3,12 +3,18 @@ generated energy, and the faulty chargers the analytics flag are the ones the ge
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import httpx
 import psycopg
 
 from loadgen.fleet import meter_id, vehicle_id
+
+
+def _same_energy(got: float, want: float) -> bool:
+    """Energy sums match to 1e-9 relative (the spec's promise), or 1e-9 kWh near zero."""
+    return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: int,
@@ -38,7 +44,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
         got_n, got_total = stored.get(device, (0, 0.0))
         if got_n != n:
             problems.append(f"{device}: {got_n} readings stored, {n} accepted")
-        elif abs(got_total - total) > 1e-9 * max(1.0, abs(total)):
+        elif not _same_energy(got_total, total):
             problems.append(f"{device}: {got_total!r} kWh stored, {total!r} kWh sent")
         if len(problems) > 20:
             problems.append("... (more)")
@@ -56,8 +62,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
         got = answer.json()
         index = int(vehicle.split("-")[1])
         want_ac, want_dc = generated[meter_id(index)][1], generated[vehicle][1]
-        if abs(got["acConsumedKwh"] - want_ac) > 1e-9 * max(1.0, want_ac) or \
-                abs(got["dcDeliveredKwh"] - want_dc) > 1e-9 * max(1.0, want_dc):
+        if not (_same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)):
             problems.append(f"{vehicle}: analytics AC/DC {got['acConsumedKwh']}/{got['dcDeliveredKwh']} kWh, "
                             f"generated {want_ac}/{want_dc}")
         if (got["verdict"] == "faulty") != (vehicle in charged_faulty):
@@ -74,8 +79,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
     if body["vehicles"] == devices:  # the database holds only this fleet: its totals must match too
         ac = sum(generated[meter_id(i)][1] for i in range(devices))
         dc = sum(generated[vehicle_id(i)][1] for i in range(devices))
-        if abs(body["acConsumedKwh"] - ac) > 1e-9 * max(1.0, ac) or \
-                abs(body["dcDeliveredKwh"] - dc) > 1e-9 * max(1.0, dc):
+        if not (_same_energy(body["acConsumedKwh"], ac) and _same_energy(body["dcDeliveredKwh"], dc)):
             problems.append(f"fleet analytics AC/DC {body['acConsumedKwh']}/{body['dcDeliveredKwh']} kWh, "
                             f"generated {ac}/{dc}")
     return problems

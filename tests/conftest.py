@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_api", "tests.fix_readings", "tests.fix_reference"]
+pytest_plugins = ["tests.fix_db", "tests.fix_api", "tests.fix_readings", "tests.fix_reference", "tests.fix_loadgen"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

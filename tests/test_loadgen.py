@@ -3,15 +3,21 @@ against the real API and database whose verification passes, or fails when a rea
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from rich.console import Console
 
-from api.auth import create_key
 from loadgen.fleet import Fleet, Mess
-from loadgen.run import RunOptions, parse_duration, run
+from loadgen.run import parse_duration, run
+from loadgen.sender import JITTER_S, Sender, Stats
+from tests.fix_loadgen import loadgen_options
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -68,18 +74,10 @@ def test_durations_parse() -> None:
         90, 600, 3600, 5)
 
 
-def _options(server, database, **overrides) -> RunOptions:
-    key = create_key(database.url, ["ingest", "read"])[1]
-    options = {"url": server.url, "api_key": key, "devices": 40, "mode": "backfill", "hours": 2, "seed": 21,
-               "batch_size": 500, "concurrency": 4, "duplicate_rate": 0.05, "out_of_order_rate": 0.1,
-               "late_rate": 0.02, "verify": True, "database_url": database.url}
-    return RunOptions(**{**options, **overrides})
-
-
 @pytest.mark.slow
 def test_an_end_to_end_run_verifies(database, live_server_factory, tmp_path) -> None:
     server = live_server_factory()
-    report = run(_options(server, database, report_path=tmp_path / "report.json"), Console(quiet=True))
+    report = run(loadgen_options(server, database, report_path=tmp_path / "report.json"), Console(quiet=True))
 
     assert report["verification"] == {"passed": True, "problems": [],
                                       "planted_faulty": report["verification"]["planted_faulty"]}
@@ -102,7 +100,7 @@ def test_verification_fails_when_a_stored_reading_disappears(database, live_serv
                 "(SELECT vehicle_id, time FROM telemetry.vehicle_readings WHERE vehicle_id = 'EV-00007' LIMIT 1)")
             assert deleted.rowcount == 1
 
-    report = run(_options(server, database, duplicate_rate=0, out_of_order_rate=0, late_rate=0), Console(quiet=True),
+    report = run(loadgen_options(server, database, duplicate_rate=0, out_of_order_rate=0, late_rate=0), Console(quiet=True),
                  before_verify=delete_one_reading)
     assert report["verification"]["passed"] is False, report["verification"]
     problems = report["verification"]["problems"]
@@ -123,7 +121,7 @@ def test_readings_carry_the_minute_and_the_device_offset() -> None:
 def test_a_paced_simulation_verifies(database, live_server_factory) -> None:
     """simulate: 40 devices for 6 s at 600x (an hour of simulated minutes), paced and verified."""
     server = live_server_factory()
-    options = _options(server, database, mode="simulate", speedup=600, duration_s=6, duplicate_rate=0.02)
+    options = loadgen_options(server, database, mode="simulate", speedup=600, duration_s=6, duplicate_rate=0.02)
     started = time.monotonic()
     report = run(options, Console(quiet=True))
     assert report["verification"]["passed"], report["verification"]
@@ -131,3 +129,95 @@ def test_a_paced_simulation_verifies(database, live_server_factory) -> None:
     assert time.monotonic() - started >= 5  # paced over the duration, not sent at once
     window_end = datetime.fromisoformat(report["window"]["to"])
     assert window_end <= datetime.now(UTC)  # nothing was sent from the future
+
+
+Answer = tuple[int, dict[str, str], bytes] | None  # None: close the connection without answering
+
+
+@contextmanager
+def scripted_server(answers: list[Answer]) -> Iterator[tuple[str, list[float]]]:
+    """A server on 127.0.0.1 that gives `answers` in order, one a request (the last one repeats); yields
+    its URL and the arrival time of each request."""
+    arrivals: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            arrivals.append(time.monotonic())
+            answer = answers[min(len(arrivals), len(answers)) - 1]
+            if answer is None:
+                self.close_connection = True
+                return
+            status, headers, body = answer
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_PUT = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", arrivals
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def _send_one_batch(url: str, rows: int, **sender_options: int) -> Stats:
+    sender = Sender(url, "test-key", concurrency=1, **sender_options)
+    await sender.submit(b"[]", rows)
+    await sender.close()
+    return sender.stats
+
+
+def test_a_batch_is_retried_after_a_lost_answer_and_after_each_retry_after_then_counted_once() -> None:
+    busy = (503, {"Retry-After": "1"}, b'{"detail": "overloaded"}')
+    accepted = (200, {"Content-Type": "application/json"}, b'{"inserted": 3, "duplicates": 0}')
+    with scripted_server([None, busy, busy, accepted]) as (url, arrivals):
+        stats = asyncio.run(_send_one_batch(url, rows=3))
+
+    assert len(arrivals) == 4
+    after_lost, *after_busy = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert after_lost < 1.0  # no Retry-After: the exponential backoff's first step, 0.2 s plus jitter
+    assert all(1.0 <= wait < 1.0 + JITTER_S + 1.0 for wait in after_busy), after_busy  # Retry-After: 1
+    assert (stats.sent, stats.inserted, stats.duplicates, stats.rejected, stats.failed) == (3, 3, 0, 0, 0)
+    # The lost answer's attempt may have committed: its readings may rightly come back as duplicates.
+    assert stats.ambiguous == 3
+    assert (stats.requests, stats.retries) == (3, 3)
+    assert stats.report()["errors_by_status"] == {"503": 2, "connection_error": 1}
+
+
+def test_a_batch_still_refused_after_the_last_attempt_is_counted_failed() -> None:
+    busy = (429, {"Retry-After": "0"}, b"{}")
+    with scripted_server([busy]) as (url, arrivals):
+        stats = asyncio.run(_send_one_batch(url, rows=3, max_attempts=3))
+
+        async def register_links() -> int:
+            sender = Sender(url, "test-key", concurrency=1, max_attempts=2)
+            response = await sender.request("PUT", "/v1/vehicles/meters", [{"vehicleId": "EV-1", "meterId": "M-1"}])
+            await sender.close()
+            return response.status_code
+
+        last_answer = asyncio.run(register_links())
+
+    assert len(arrivals) == 3 + 2
+    assert (stats.sent, stats.inserted, stats.rejected, stats.failed, stats.ambiguous) == (3, 0, 0, 3, 0)
+    assert (stats.requests, stats.retries, stats.statuses) == (3, 2, {429: 3})
+    assert last_answer == 429  # request() hands back the final answer for the caller to report
+
+
+def test_latency_percentiles_interpolate_and_survive_short_runs() -> None:
+    stats = Stats(latencies=[0.05, 0.01, 0.04, 0.02, 0.03])
+    assert stats.report()["latency_ms"] == {"p50": 30.0, "p95": 48.0, "p99": 49.6}
+    assert Stats(latencies=[0.02]).report()["latency_ms"] == {"p50": 20.0, "p95": 20.0, "p99": 20.0}
+    assert Stats().report()["latency_ms"] == {"p50": 0.0, "p95": 0.0, "p99": 0.0}

@@ -17,7 +17,7 @@ from rich.console import Console
 from api.schema.migrations import migrate
 from loadgen.run import run
 from tests.fix_db import SQL_DIR
-from tests.test_loadgen import _options
+from tests.fix_loadgen import loadgen_options
 
 
 def assert_every_reading_stored_once(database, result: dict, readings: int) -> None:
@@ -35,7 +35,7 @@ def assert_every_reading_stored_once(database, result: dict, readings: int) -> N
 def test_killing_the_api_mid_run_loses_nothing(database, live_server_factory) -> None:
     server = live_server_factory()
     # 180 simulated minutes paced over 6 s of wall clock, so the run is under way when the API dies.
-    options = _options(server, database, devices=60, mode="simulate", speedup=1800, duration_s=6,
+    options = loadgen_options(server, database, devices=60, mode="simulate", speedup=1800, duration_s=6,
                        batch_size=200, concurrency=2)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run(options, Console(quiet=True))))
@@ -54,7 +54,7 @@ def test_killing_the_api_mid_run_loses_nothing(database, live_server_factory) ->
 @pytest.mark.slow
 def test_migrations_reapplied_during_ingestion_lose_nothing(database, live_server_factory) -> None:
     server = live_server_factory()
-    options = _options(server, database, devices=60, mode="simulate", speedup=1800, duration_s=6, batch_size=200)
+    options = loadgen_options(server, database, devices=60, mode="simulate", speedup=1800, duration_s=6, batch_size=200)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run(options, Console(quiet=True))))
     runner.start()
@@ -72,7 +72,7 @@ def test_migrations_reapplied_during_ingestion_lose_nothing(database, live_serve
 def test_a_postgresql_restart_gives_503_then_recovers_and_loses_nothing(database, pg_server,
                                                                           live_server_factory) -> None:
     server = live_server_factory(DB_POOL_TIMEOUT="1")
-    options = _options(server, database, devices=60, mode="simulate", speedup=900, duration_s=12,
+    options = loadgen_options(server, database, devices=60, mode="simulate", speedup=900, duration_s=12,
                        batch_size=200, concurrency=2)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run(options, Console(quiet=True))))

@@ -5,30 +5,27 @@
 
 DROP FUNCTION IF EXISTS telemetry.run_maintenance(interval, interval);
 
+-- Every relation that retention applies to, with how long it is kept (daily aggregates: forever).
+CREATE OR REPLACE FUNCTION telemetry.retention_targets()
+RETURNS TABLE (relation regclass, keep_for interval)
+LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
+    SELECT t.rel::regclass, CASE t.kind WHEN 'raw' THEN keep.raw_readings ELSE keep.hourly_aggregates END
+    FROM telemetry.retention keep,
+         (VALUES ('telemetry.meter_readings', 'raw'), ('telemetry.vehicle_readings', 'raw'),
+                 ('telemetry.energygrid_readings', 'raw'),
+                 ('telemetry.meter_energy_hourly', 'hourly'), ('telemetry.vehicle_energy_hourly', 'hourly'),
+                 ('telemetry.meter_energy_6h', 'hourly'), ('telemetry.vehicle_energy_6h', 'hourly')) AS t(rel, kind)
+$$;
+
 -- Drops the chunks past their retention. SECURITY DEFINER: the API's role may not drop anything
 -- itself; this runs as the schema owner, with a fixed search path.
 CREATE OR REPLACE FUNCTION telemetry.run_maintenance()
 RETURNS TABLE (relation text, dropped_chunk text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-DECLARE
-    keep telemetry.retention;
-    target record;
-BEGIN
-    SELECT * INTO STRICT keep FROM telemetry.retention;
-    FOR target IN
-        SELECT * FROM (VALUES ('telemetry.meter_readings', keep.raw_readings),
-                              ('telemetry.vehicle_readings', keep.raw_readings),
-                              ('telemetry.energygrid_readings', keep.raw_readings),
-                              ('telemetry.meter_energy_hourly', keep.hourly_aggregates),
-                              ('telemetry.vehicle_energy_hourly', keep.hourly_aggregates),
-                              ('telemetry.meter_energy_6h', keep.hourly_aggregates),
-                              ('telemetry.vehicle_energy_6h', keep.hourly_aggregates)) AS t(rel, keep_for)
-    LOOP
-        RETURN QUERY
-            SELECT target.rel, chunk::text
-            FROM drop_chunks(target.rel::regclass, older_than => now() - target.keep_for) AS chunk;
-    END LOOP;
-END $$;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    SELECT t.relation::text, chunk::text
+    FROM telemetry.retention_targets() t
+    CROSS JOIN LATERAL drop_chunks(t.relation, older_than => now() - t.keep_for) AS chunk
+$$;
 
 -- The one way to change retention: the row and, on Community, the policies, in one transaction.
 -- NULL keeps a value as it is.

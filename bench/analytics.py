@@ -61,8 +61,10 @@ def _load_sql(url: str, devices: int, hours: int, end: datetime) -> None:
     start = end - timedelta(hours=hours)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "SELECT count(*) FROM generate_series(0, %s - 1) d, telemetry.link_vehicle("
-            "format('EV-%%s', lpad(d::text, 5, '0')), format('MTR-%%s', lpad(d::text, 5, '0')))", (devices,))
+            "SELECT count(*) FROM telemetry.link_vehicles("
+            "ARRAY(SELECT format('EV-%%s', lpad(d::text, 5, '0')) FROM generate_series(0, %(n)s - 1) d), "
+            "ARRAY(SELECT format('MTR-%%s', lpad(d::text, 5, '0')) FROM generate_series(0, %(n)s - 1) d), "
+            "array_fill(NULL::timestamptz, ARRAY[%(n)s]))", {"n": devices})
 
     def load_stream(stream: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:

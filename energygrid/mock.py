@@ -1,5 +1,6 @@
 """A mock EnergyGrid vendor cloud: signed requests, one global rate limit, at most 10 serials a
-request, 500 devices with realistic power and about 10% offline, and faults on request."""
+request, 500 devices with realistic power and about 10% offline, and faults on request (errors,
+latency, dropped connections, an outage, malformed items, power in W, kW or MW)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import msgspec
 from litestar import Litestar, Request, post
 from litestar.response import Response
 
-from energygrid.protocol import (DEFAULT_TOKEN, MAX_SERIALS, MIN_INTERVAL_S, QUERY_PATH, RATE_LIMIT_ERROR, serials,
-                                 sign)
+from energygrid.protocol import (DEFAULT_TOKEN, MAX_SERIALS, MIN_INTERVAL_S, QUERY_PATH, RATE_LIMIT_ERROR,
+                                 POWER_UNITS, QueryRequest, format_power, serials, sign)
 
 
 @dataclass
@@ -29,6 +30,34 @@ class MockConfig:
     seed: int = 7
     report_every_s: float = 30.0
     """Online devices report a new reading this often (their last_updated moves on)."""
+    units: tuple[str, ...] = ("kW",)
+    """Power units; each device writes its power in one of them (protocol.POWER_UNITS)."""
+    malformed_rate: float = 0.0
+    """Share of the items in 200 answers replaced by a malformed one (see MALFORMED)."""
+    fail_after: int | None = None
+    """After this many 200 answers, every authenticated request is answered 500: an outage mid-run."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.units) - set(POWER_UNITS)
+        if not self.units or unknown:
+            raise ValueError(f"units must be some of {', '.join(POWER_UNITS)}, not {sorted(unknown) or 'none'}")
+
+
+def _without(item: dict, field: str) -> dict:
+    return {k: v for k, v in item.items() if k != field}
+
+
+# How a vendor's item goes wrong, by the reason the connector should give.
+MALFORMED = {
+    "power: negative": lambda item: {**item, "power": "-1.25 kW"},
+    "power: not finite": lambda item: {**item, "power": "NaN kW"},
+    "power: unknown unit": lambda item: {**item, "power": "3.42 kWh"},
+    "power: no unit": lambda item: {**item, "power": "3.42"},
+    "last_updated: missing": lambda item: _without(item, "last_updated"),
+    "last_updated: not an ISO 8601 timestamp": lambda item: {**item, "last_updated": "yesterday"},
+    "status: not Online or Offline": lambda item: {**item, "status": "Unknown"},
+    "sn: not a valid serial": lambda item: {**item, "sn": item["sn"] + " #bad"},
+}
 
 
 @dataclass
@@ -37,28 +66,43 @@ class MockState:
     last_accepted: float = float("-inf")
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     counts: dict[str, int] = field(default_factory=lambda: {"200": 0, "400": 0, "401": 0, "429": 0, "500": 0,
-                                                             "dropped": 0})
+                                                             "dropped": 0, "malformed": 0})
+    malformed: list[tuple[str, str]] = field(default_factory=list)
+    """(serial asked for, reason) of every malformed item sent."""
     rng: random.Random = field(default_factory=random.Random)
     started: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
 
-    def device(self, serial: str, now: datetime) -> dict:
+    def reading(self, serial: str, now: datetime) -> tuple[float, bool, datetime, str]:
+        """(power in kW, online, last_updated, the unit the device writes its power in)."""
         index = int(serial[3:])
         device_rng = random.Random(self.config.seed * 100_003 + index)
         offline = device_rng.random() < 0.10
         if offline:
             # An offline device's last report does not move.
             last = self.started - timedelta(hours=1 + device_rng.randrange(72), seconds=device_rng.randrange(3600))
-            return {"sn": serial, "power": "0.00 kW", "status": "Offline", "last_updated": last.isoformat()}
+            return 0.0, False, last, device_rng.choice(self.config.units)
         period = self.config.report_every_s
         slot = int(now.timestamp() // period)
         last = datetime.fromtimestamp(slot * period, UTC)
         nominal = device_rng.uniform(1.5, 11.0)
         power = max(0.0, nominal * (0.85 + 0.3 * random.Random(index * 7919 + slot).random()))
-        return {"sn": serial, "power": f"{power:.2f} kW", "status": "Online", "last_updated": last.isoformat()}
+        return power, True, last, device_rng.choice(self.config.units)
 
+    def device(self, serial: str, now: datetime) -> dict:
+        """The device's item in a 200 answer, as the protocol has it."""
+        power, online, last, unit = self.reading(serial, now)
+        return {"sn": serial, "power": format_power(power, unit), "status": "Online" if online else "Offline",
+                "last_updated": last.isoformat()}
 
-class QueryBody(msgspec.Struct):
-    sn_list: list[str] | None = None
+    def answer_item(self, serial: str, now: datetime) -> dict:
+        """The device's item, or at the configured rate a malformed one in its place."""
+        item = self.device(serial, now)
+        if self.config.malformed_rate and self.rng.random() < self.config.malformed_rate:
+            reason = self.rng.choice(list(MALFORMED))
+            self.counts["malformed"] += 1
+            self.malformed.append((serial, reason))
+            return MALFORMED[reason](item)
+        return item
 
 
 def _error(status: int, message: str) -> Response:
@@ -87,7 +131,7 @@ def create_mock_app(config: MockConfig) -> Litestar:
             state.counts["401"] += 1
             return _error(401, "Invalid signature")
         try:
-            body = msgspec.json.decode(await request.body(), type=QueryBody)
+            body = msgspec.json.decode(await request.body(), type=QueryRequest)
         except msgspec.MsgspecError:
             state.counts["400"] += 1
             return _error(400, "Body must be JSON: {\"sn_list\": [...]}")
@@ -101,13 +145,14 @@ def create_mock_app(config: MockConfig) -> Litestar:
             state.counts["dropped"] += 1
             request.state.drop_connection = True
             return _error(500, "dropped")
-        if config.fail_rate and state.rng.random() < config.fail_rate:
+        if (config.fail_after is not None and state.counts["200"] >= config.fail_after) or (
+                config.fail_rate and state.rng.random() < config.fail_rate):
             state.counts["500"] += 1
             return _error(500, "Internal Server Error")
         known = set(serials(config.devices))
         now_utc = datetime.now(UTC)
         state.counts["200"] += 1
-        return Response({"data": [state.device(sn, now_utc) for sn in body.sn_list if sn in known]})
+        return Response({"data": [state.answer_item(sn, now_utc) for sn in body.sn_list if sn in known]})
 
     app = Litestar(route_handlers=[query], openapi_config=None)
     app.state.mock = state

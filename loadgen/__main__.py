@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from energygrid.protocol import DEFAULT_TOKEN
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__)
@@ -36,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     mock = commands.add_parser("energygrid-mock", help="serve the mock EnergyGrid vendor API")
     mock.add_argument("--port", type=int, default=3000)
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--token", default="interview_token_123")
+    mock.add_argument("--token", default=DEFAULT_TOKEN)
     mock.add_argument("--devices", type=int, default=500)
     mock.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 500")
     mock.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
     mock.add_argument("--drop-rate", type=float, default=0.0, help="share of connections closed without answer")
     mock.add_argument("--min-interval", type=float, default=1.0, help="the global rate limit, seconds")
     mock.add_argument("--seed", type=int, default=7)
+    mock.add_argument("--units", default="kW", help="power units the devices write, comma-separated: W,kW,MW")
+    mock.add_argument("--malformed-rate", type=float, default=0.0,
+                      help="share of items replaced by a malformed one (negative power, missing field, ...)")
 
     args = parser.parse_args(argv)
     if args.command in ("simulate", "backfill"):
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"EnergyGrid mock on http://{args.host}:{args.port} (token {args.token!r})", flush=True)
         serve(args.port, MockConfig(token=args.token, devices=args.devices, min_interval_s=args.min_interval,
                                     fail_rate=args.fail_rate, latency_ms=args.latency_ms,
-                                    drop_rate=args.drop_rate, seed=args.seed), host=args.host)
+                                    drop_rate=args.drop_rate, seed=args.seed,
+                                    units=tuple(u.strip() for u in args.units.split(",") if u.strip()),
+                                    malformed_rate=args.malformed_rate), host=args.host)
     return 0
 
 

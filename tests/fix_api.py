@@ -61,8 +61,8 @@ def live_server_factory(database: Database) -> Iterator:
     """Starts `python -m api serve` against the test database; stops every server it started."""
     servers: list[ApiProcess] = []
 
-    def start(port: int | None = None, **env: str) -> ApiProcess:
-        servers.append(ApiProcess(database.app_url, port, **env))
+    def start(port: int | None = None, workers: int = 1, **env: str) -> ApiProcess:
+        servers.append(ApiProcess(database.app_url, port, workers=workers, **env))
         return servers[-1]
 
     yield start

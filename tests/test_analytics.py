@@ -73,20 +73,20 @@ def make_history(rng: random.Random, meters: int = 2, vehicles: int = 2, per_dev
                                       rng.uniform(0, 1.9), rng.uniform(-10, 60))
                            for _ in range(vehicles * per_device)], key=lambda r: (r.vehicle_id, r.time))
     switch = T0 + timedelta(hours=rng.randrange(1, 70), minutes=rng.randrange(60))
-    links = [LinkPeriod("V-0", "M-0", None, None), LinkPeriod("V-1", "M-1", None, switch),
-             LinkPeriod("V-1", "M-0", switch, None)]
+    # The vehicles swap meters at the switch: a meter feeds one vehicle at a time.
+    links = [LinkPeriod("V-0", "M-0", None, switch), LinkPeriod("V-1", "M-1", None, switch),
+             LinkPeriod("V-0", "M-1", switch, None), LinkPeriod("V-1", "M-0", switch, None)]
     return Store(meter_rows, vehicle_rows, links)
 
 
 def load(client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str, store: Store,
          rng: random.Random) -> None:
     """Out of order, with duplicates, and a late share arriving after the aggregates were refreshed."""
-    for link in store.links:
-        body = {"meterId": link.meter_id}
-        if link.start:
-            body["validFrom"] = iso(link.start)
-        assert client.put(f"/v1/vehicles/{link.vehicle_id}/meter", json=body,
-                          headers=Keys.header(keys.ingest)).status_code == 200
+    for start in dict.fromkeys(link.start for link in store.links):  # first links, then the swap, in bulk
+        body = [{"vehicleId": link.vehicle_id, "meterId": link.meter_id} | ({"validFrom": iso(start)} if start else {})
+                for link in store.links if link.start == start]
+        response = client.put("/v1/vehicles/meters", json=body, headers=Keys.header(keys.ingest))
+        assert response.status_code == 200, response.text
     meters, vehicles = store.meters[:], store.vehicles[:]
     rng.shuffle(meters)
     rng.shuffle(vehicles)

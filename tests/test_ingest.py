@@ -118,41 +118,6 @@ def test_status_of_an_unknown_device_is_404(client: TestClient, keys: Keys) -> N
         assert "NOPE" in response.json()["message"]
 
 
-def test_a_vehicle_is_linked_relinked_and_its_history_kept(client: TestClient, keys: Keys, conn) -> None:
-    headers = Keys.header(keys.ingest)
-    first = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1"}, headers=headers)
-    assert first.status_code == 200 and first.json() == {"vehicleId": "EV-1", "meterId": "M-1", "validFrom": None,
-                                                          "changed": True}
-    same = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1"}, headers=headers)
-    assert same.json()["changed"] is False
-    switch = iso(NOW - timedelta(hours=1))
-    relink = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-2", "validFrom": switch}, headers=headers)
-    assert relink.json()["changed"] is True and relink.json()["meterId"] == "M-2"
-
-    history = client.get("/v1/vehicles/EV-1/meter", headers=Keys.header(keys.read)).json()
-    assert history["meterId"] == "M-2"
-    assert [(p["meterId"], p["validTo"] is None) for p in history["history"]] == [("M-1", False), ("M-2", True)]
-    assert conn.execute("SELECT count(*) FROM telemetry.vehicle_meter_links").fetchone()[0] == 2
-
-
-def test_links_can_be_made_in_bulk(client: TestClient, keys: Keys, conn) -> None:
-    links = [{"vehicleId": f"EV-{i}", "meterId": f"M-{i}"} for i in range(100)]
-    response = client.put("/v1/vehicles/meters", json=links, headers=Keys.header(keys.ingest))
-    assert response.json() == {"linked": 100, "changed": 100}
-    assert conn.execute("SELECT count(DISTINCT vehicle_id) FROM telemetry.vehicle_meter_links").fetchone()[0] == 100
-    again = client.put("/v1/vehicles/meters", json=links, headers=Keys.header(keys.ingest))
-    assert again.json() == {"linked": 100, "changed": 0}
-
-
-def test_a_relink_before_the_current_link_started_is_a_conflict(client: TestClient, keys: Keys) -> None:
-    headers = Keys.header(keys.ingest)
-    client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1", "validFrom": iso(NOW)}, headers=headers)
-    response = client.put("/v1/vehicles/EV-1/meter",
-                          json={"meterId": "M-2", "validFrom": iso(NOW - timedelta(days=1))}, headers=headers)
-    assert response.status_code == 409
-    assert "EV-1" in response.json()["message"]
-
-
 def test_the_aggregates_equal_the_raw_readings(client: TestClient, keys: Keys, conn: psycopg.Connection) -> None:
     import random
 

@@ -13,7 +13,8 @@ import psycopg
 SCOPES = ("ingest", "read", "admin")
 KEY_PREFIX = "etk"
 
-INSERT_KEY_SQL = "INSERT INTO telemetry.api_keys (key_id, secret_hash, scopes, name) VALUES (%s, %s, %s, %s)"
+INSERT_KEY_SQL = ("INSERT INTO telemetry.api_keys (key_id, secret_hash, scopes, name) VALUES (%s, %s, %s, %s) "
+                  "RETURNING created_at")
 LIST_KEYS_SQL = ("SELECT key_id, name, scopes, created_at, revoked_at FROM telemetry.api_keys "
                  "WHERE %(all)s OR revoked_at IS NULL ORDER BY created_at, key_id")
 REVOKE_KEY_SQL = "UPDATE telemetry.api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL"

@@ -18,6 +18,7 @@ from sqlalchemy.types import DateTime
 from api.db.pool import fetch_all
 from api.server.devices import PathDeviceId
 from api.readings import BadInput
+from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 from api.settings import Settings
 from api.server.dependencies import AppSettings
@@ -138,7 +139,8 @@ class AnalyticsController(Controller):
     guards = [requires("read")]
     security = BEARER
 
-    @get("/performance/{vehicle_id:str}", summary="Charging efficiency of one vehicle over a window")
+    @get("/performance/{vehicle_id:str}", summary="Charging efficiency of one vehicle over a window",
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
     async def performance(self, state: State, settings: AppSettings, vehicle_id: PathDeviceId, start: From = None,
                           end: To = None) -> Performance:
         start, end = _window_params(start, end)
@@ -155,7 +157,8 @@ class AnalyticsController(Controller):
         return Performance(vid, meter_id, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict, from_=start, to=end,
                            note=note)
 
-    @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers")
+    @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers",
+         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation)
     async def fleet(self, state: State, settings: AppSettings, start: From = None, end: To = None,
                     worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Fleet:
         start, end = _window_params(start, end)
@@ -169,7 +172,8 @@ class AnalyticsController(Controller):
              for r in ranked],
         )
 
-    @get("/vehicles/{vehicle_id:str}/series", summary="AC, DC, efficiency and battery temperature per bucket")
+    @get("/vehicles/{vehicle_id:str}/series", summary="AC, DC, efficiency and battery temperature per bucket",
+         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation)
     async def series(self, state: State, vehicle_id: PathDeviceId, start: From = None, end: To = None,
                      bucket: Annotated[str, Parameter(description="1h, 1d or 1w")] = "1h") -> Series:
         start, end = _window_params(start, end)

@@ -19,6 +19,7 @@ from api.db.retention import RetentionCache
 from api.ops.maintenance import run_maintenance_periodically
 from api.server.analytics import AnalyticsController
 from api.server.devices import DeviceController
+from api.server.energygrid import EnergyGridController
 from api.server.errors import EXCEPTION_HANDLERS
 from api.server.health import HealthController
 from api.server.keys import KeyController
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
-                        AnalyticsController, KeyController],
+                        AnalyticsController, KeyController, EnergyGridController],
         lifespan=[database],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],

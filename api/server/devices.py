@@ -7,16 +7,19 @@ from typing import Annotated
 
 import msgspec
 import psycopg
-from litestar import Controller, get, put
+from litestar import Controller, delete, get, put
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody, Parameter, QueryParameter
 
 from api.db.pool import fetch_all
 from api.readings import DEVICE_ID_PATTERN, BadInput, DeviceId, Timestamp
+from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 from api.server.dependencies import AppSettings
 
+LinkEnd = Annotated[datetime | None, QueryParameter(
+    name="at", description="When the link ends (RFC 3339, after its start); default: now")]
 PathDeviceId = Annotated[str, Parameter(pattern=DEVICE_ID_PATTERN, max_length=64, description="Device id")]
 
 
@@ -69,16 +72,28 @@ class LinkHistory(msgspec.Struct, rename="camel"):
     history: list[LinkPeriod]
 
 
+class EndedLink(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    meter_id: str
+    valid_from: datetime | None
+    """None: the link covered all history before valid_to."""
+    valid_to: datetime
+
+
 class BulkLinkResult(msgspec.Struct, rename="camel"):
     linked: int
     changed: int
 
 
-_LINK = """
-SELECT l.vehicle_id, l.meter_id, CASE WHEN isfinite(l.valid_from) THEN l.valid_from END, l.changed
-FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS t(vehicle_id, meter_id, valid_from, n)
-CROSS JOIN LATERAL telemetry.link_vehicle(t.vehicle_id, t.meter_id, t.valid_from) AS l
-ORDER BY t.n
+# One statement for any number of links: the whole request is checked and written at once, under one
+# table lock (sql/repeatable/40_links.sql).
+LINK_SQL = """
+SELECT vehicle_id, meter_id, CASE WHEN isfinite(valid_from) THEN valid_from END, changed
+FROM telemetry.link_vehicles(%s::text[], %s::text[], %s::timestamptz[])
+"""
+UNLINK_SQL = """
+SELECT vehicle_id, meter_id, CASE WHEN isfinite(valid_from) THEN valid_from END, valid_to
+FROM telemetry.unlink_vehicle(%s::text, %s::timestamptz)
 """
 
 
@@ -96,13 +111,13 @@ async def _latest(state: State, sql: str, device_id: str, kind: str) -> tuple:
 
 
 async def _link(state: State, links: list[BulkLink]) -> list[Link]:
-    # Lock order by vehicle id, so concurrent bulk requests cannot deadlock on each other.
-    ordered = sorted(links, key=lambda link: link.vehicle_id)
     async with state.pool.connection() as conn:
         try:
             # In UTC: RFC 3339 allows offsets PostgreSQL rejects (beyond 15:59) inside a timestamptz[].
-            starts = [x.valid_from.astimezone(UTC) if x.valid_from else None for x in ordered]
-            cur = await conn.execute(_LINK, ([x.vehicle_id for x in ordered], [x.meter_id for x in ordered], starts))
+            starts = [x.valid_from.astimezone(UTC) if x.valid_from else None for x in links]
+            cur = await conn.execute(LINK_SQL, ([x.vehicle_id for x in links], [x.meter_id for x in links], starts))
+        except psycopg.errors.InvalidParameterValue as exc:
+            raise BadInput(422, exc.diag.message_primary or "invalid links") from None
         except (psycopg.errors.DataException, psycopg.errors.ExclusionViolation) as exc:
             raise BadInput(409, exc.diag.message_primary or "conflicting link") from None
         return [Link(*row) for row in await cur.fetchall()]
@@ -113,22 +128,32 @@ class DeviceController(Controller):
     tags = ["devices"]
     security = BEARER
 
-    @get("/meters/{meter_id:str}/status", guards=[requires("read")], summary="Latest reading of a meter")
+    @get("/meters/{meter_id:str}/status", guards=[requires("read")], summary="Latest reading of a meter",
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
     async def meter_status(self, state: State, meter_id: PathDeviceId) -> MeterStatus:
         return MeterStatus(*await _latest(state, _METER_STATUS, meter_id, "meter"))
 
-    @get("/vehicles/{vehicle_id:str}/status", guards=[requires("read")], summary="Latest reading of a vehicle")
+    @get("/vehicles/{vehicle_id:str}/status", guards=[requires("read")], summary="Latest reading of a vehicle",
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
     async def vehicle_status(self, state: State, vehicle_id: PathDeviceId) -> VehicleStatus:
         return VehicleStatus(*await _latest(state, _VEHICLE_STATUS, vehicle_id, "vehicle"))
 
     @put("/vehicles/{vehicle_id:str}/meter", guards=[requires("ingest")],
-         summary="Link a vehicle to the meter that feeds its charger")
+         summary="Link a vehicle to the meter that feeds its charger",
+         responses=error_responses(401, 403, 409, 422, 503), operation_class=ErrorDocumentedOperation)
     async def link_vehicle(self, state: State, vehicle_id: PathDeviceId, data: JSONBody[LinkRequest]) -> Link:
+        """A meter feeds one vehicle at a time: a link overlapping another vehicle's link of the same meter
+        is a 409 naming that vehicle, and nothing changes. To move a meter, end its link first
+        (DELETE /v1/vehicles/{vehicleId}/meter)."""
         (link,) = await _link(state, [BulkLink(vehicle_id, data.meter_id, data.valid_from)])
         return link
 
-    @put("/vehicles/meters", guards=[requires("ingest")], summary="Link many vehicles to their meters at once")
+    @put("/vehicles/meters", guards=[requires("ingest")], summary="Link many vehicles to their meters at once",
+         responses=error_responses(401, 403, 409, 413, 422, 503), operation_class=ErrorDocumentedOperation)
     async def link_vehicles(self, state: State, settings: AppSettings, data: JSONBody[list[BulkLink]]) -> BulkLinkResult:
+        """All or nothing: any conflict (409) or invalid link (422, such as a vehicle listed twice) changes
+        nothing. The changed vehicles' current links are closed before the new ones are stored, so
+        vehicles can swap meters in one request."""
         if not data:
             raise BadInput(422, "empty list: send at least one link")
         if len(data) > settings.max_rows:
@@ -136,7 +161,26 @@ class DeviceController(Controller):
         links = await _link(state, data)
         return BulkLinkResult(linked=len(links), changed=sum(link.changed for link in links))
 
-    @get("/vehicles/{vehicle_id:str}/meter", guards=[requires("read")], summary="A vehicle's meter links over time")
+    @delete("/vehicles/{vehicle_id:str}/meter", guards=[requires("ingest")], status_code=200,
+            summary="End a vehicle's current meter link, so the meter can feed another vehicle",
+            responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
+    async def unlink_vehicle(self, state: State, vehicle_id: PathDeviceId, at: LinkEnd = None) -> EndedLink:
+        """The link's period is kept, ended at `at`: analytics of past windows still use it. 404: the vehicle
+        has no current link; 422: `at` is not after the link's start."""
+        if at is not None and at.tzinfo is None:
+            raise BadInput(422, "'at' needs a timezone offset, e.g. 2026-11-22T10:00:00Z")
+        async with state.pool.connection() as conn:
+            try:
+                cur = await conn.execute(UNLINK_SQL, (vehicle_id, at.astimezone(UTC) if at else None))
+            except psycopg.errors.InvalidParameterValue as exc:
+                raise BadInput(422, exc.diag.message_primary or "invalid end") from None
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundException(f"vehicle {vehicle_id!r} has no current meter link")
+        return EndedLink(*row)
+
+    @get("/vehicles/{vehicle_id:str}/meter", guards=[requires("read")], summary="A vehicle's meter links over time",
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
     async def vehicle_links(self, state: State, vehicle_id: PathDeviceId) -> LinkHistory:
         rows = await fetch_all(
             state.pool,

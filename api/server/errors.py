@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Operation
 from psycopg_pool import PoolTimeout
 
-from api.readings import BadInput, RowError
+from api.readings import BadInput
 
 log = logging.getLogger("api")
 
 # What "the database is away or overloaded" looks like from psycopg: answer 503, never 500.
 UNAVAILABLE = (PoolTimeout, psycopg.OperationalError, psycopg.errors.AdminShutdown,
                psycopg.errors.CannotConnectNow, psycopg.errors.QueryCanceled)
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    """One failing reading (index, field, reason: api.readings.RowError) or one failing request
+    parameter (source, key, message: Litestar's validation)."""
+
+    index: int | None = None
+    """The reading's position in the request, from 0 (array element, NDJSON line or CSV data row)."""
+    field: str | None = None
+    """The reading's failing field, when one field is to blame."""
+    reason: str | None = None
+    source: str | None = None
+    """Where the failing parameter was: query, path, header, cookie or body."""
+    key: str | None = None
+    """The failing parameter or body field."""
+    message: str | None = None
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -28,8 +47,8 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     not_found, conflict, unavailable."""
     message: str
     """What went wrong, for a person."""
-    errors: list[RowError] | None = None
-    """For rejected readings: the first failing rows, each with its index, field and reason."""
+    errors: list[ErrorDetail] | None = None
+    """For rejected readings, the first failing ones; for invalid parameters, each of them."""
 
 
 _MEANING = {
@@ -39,7 +58,7 @@ _MEANING = {
     409: "Conflicts with the stored state; nothing was changed",
     413: "The body or its number of rows is over the configured limits; nothing was stored",
     415: "Unsupported content type",
-    422: "Invalid input (the first failing rows are listed); nothing was stored",
+    422: "Invalid input: the failing readings (the first ones) or parameters are listed; nothing was stored",
     503: "The database is unavailable or overloaded; retry after the Retry-After header's seconds",
 }
 
@@ -48,6 +67,17 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     """OpenAPI documentation of the error answers an operation can give."""
     return {code: ResponseSpec(data_container=ErrorBody, description=_MEANING[code], generate_examples=False)
             for code in codes}
+
+
+@dataclass
+class ErrorDocumentedOperation(Operation):
+    """An operation documented with `error_responses`, without the 400 Litestar adds to every operation
+    that validates parameters: this app answers invalid parameters 422 (see `validation`), never 400."""
+
+    def to_schema(self) -> dict[str, Any]:
+        schema = super().to_schema()
+        schema["responses"].pop("400", None)
+        return schema
 
 
 def _body(error: str, message: str, errors: list | None = None) -> dict:
@@ -77,6 +107,9 @@ def validation(_: Request, exc: ValidationException) -> Response:
 
 
 def http_error(_: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 400:
+        # Litestar's 400s are bad input (a body it cannot decode, such as truncated JSON): 422, as all bad input.
+        return Response(_body("invalid_input", exc.detail), status_code=422, headers=exc.headers)
     error = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
              413: "too_large", 415: "unsupported_media_type", 429: "too_many_requests"}.get(exc.status_code, "error")
     return Response(_body(error, exc.detail), status_code=exc.status_code, headers=exc.headers)

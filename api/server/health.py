@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.response import Response
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from api.schema import migrations
 from api.server.dependencies import AppSettings
+
+
+class NotReady(msgspec.Struct, omit_defaults=True):
+    """Why the API is not ready (the readiness answer is built as a dict; this documents it)."""
+
+    status: str
+    """unavailable (the database cannot be reached) or schema_outdated (run the migrations)."""
+    reason: str | None = None
+    """For unavailable: the kind of error met."""
+    problems: list[str] | None = None
+    """For schema_outdated: pending, edited or foreign migration files."""
 
 
 class HealthController(Controller):
@@ -19,7 +32,10 @@ class HealthController(Controller):
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="The database is reachable and its schema is current")
+    @get("/ready", summary="The database is reachable and its schema is current",
+         response_description="`{\"status\": \"ok\", \"edition\": ...}`: the TimescaleDB edition the schema is for",
+         responses={503: ResponseSpec(NotReady, generate_examples=False,
+                                      description="Not ready: retry after the Retry-After header's seconds")})
     async def ready(self, state: State, settings: AppSettings) -> Response[dict[str, object]]:
         retry = {"Retry-After": str(settings.retry_after_s)}
         try:

@@ -8,12 +8,11 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import State
-from litestar.openapi.spec import Operation
 
 from api.db.ingest import READINGS, IngestResult, ingest_batch
 from api.readings import STREAMS, BadInput, Batch, Limits, MeterReading, VehicleReading, parse_body, validate_batch
-from api.server.errors import error_responses
 from api.server.dependencies import AppSettings
+from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 from api.settings import Settings
 
@@ -34,7 +33,7 @@ def _reading_schema(kind: type) -> dict[str, Any]:
 def _body_schemas(stream: str | None) -> dict[str, Any]:
     if stream is None:
         one = {"oneOf": [_reading_schema(MeterReading), _reading_schema(VehicleReading)]}
-        return {"application/json": {"schema": {"type": "array", "minItems": 1, "items": one}}}
+        return {"application/json": {"schema": {"oneOf": [one, {"type": "array", "minItems": 1, "items": one}]}}}
     one = _reading_schema(STREAMS[stream])
     fields = ",".join(f.encode_name for f in msgspec.structs.fields(STREAMS[stream]))
     return {
@@ -44,13 +43,13 @@ def _body_schemas(stream: str | None) -> dict[str, Any]:
     }
 
 
-def _operation(stream: str | None) -> type[Operation]:
+def _operation(stream: str | None) -> type[ErrorDocumentedOperation]:
     """An OpenAPI operation that documents the body the handler decodes itself (to keep one fast path
     for three media types, the handlers read the raw body)."""
     content = _body_schemas(stream)
 
     @dataclass
-    class IngestOperation(Operation):
+    class IngestOperation(ErrorDocumentedOperation):
         def to_schema(self) -> dict[str, Any]:
             schema = super().to_schema()
             schema["requestBody"] = {"required": True, "content": content}

@@ -1,5 +1,5 @@
-"""The platform's command line: migrate, serve, keys, retention, maintain, energygrid. Settings are
-read from the environment once, here, and passed to what each command runs."""
+"""The platform's command line: migrate, serve, keys, retention, maintain, alerts, energygrid.
+Settings are read from the environment once, here, and passed to what each command runs."""
 
 from __future__ import annotations
 
@@ -130,6 +130,23 @@ def _maintain(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from api.ops.alerts import evaluate_once
+
+    with psycopg.connect(settings.database_url) as conn:
+        evaluation = evaluate_once(conn, settings)
+        (still_open,) = conn.execute("SELECT count(*) FROM telemetry.alerts WHERE state = 'open'").fetchone()
+    for event, changes in (("opened", evaluation.opened), ("resolved", evaluation.resolved)):
+        for change in changes:
+            value = "" if change.value is None else f"{change.value:g}"
+            print(f"{event:<9} {change.rule:<18} {change.device_id:<24} {value}")
+    print(f"alerts evaluated: {len(evaluation.opened)} opened, {len(evaluation.resolved)} resolved, "
+          f"{still_open} open")
+    return 0
+
+
 def _energygrid_pull(settings: Settings, args: argparse.Namespace) -> int:
     from energygrid.connector import PullConfig, poll
 
@@ -181,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     change.set_defaults(func=_retention)
 
     commands.add_parser("maintain", help="apply retention now (drops expired chunks)").set_defaults(func=_maintain)
+
+    alerts = commands.add_parser("alerts", help="the alert rules").add_subparsers(dest="alerts_command",
+                                                                                  required=True)
+    alerts.add_parser("evaluate", help="evaluate the rules now (waits for an evaluation running elsewhere); "
+                                       "prints what opened and resolved").set_defaults(func=_alerts_evaluate)
 
     energygrid = commands.add_parser("energygrid", help="the EnergyGrid vendor connector").add_subparsers(
         dest="energygrid_command", required=True)

@@ -17,6 +17,20 @@ class SettingsError(ValueError):
     """An environment variable holds a value its setting cannot take."""
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '15m', '6h', '1d', or plain seconds."""
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            return timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
+        return timedelta(seconds=float(text))
+    except ValueError:
+        raise SettingsError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 1d)") from None
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """Every field is read from the environment variable named in its ``name=``."""
 
@@ -77,6 +91,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     verdict_min_ac_kwh: float = msgspec.field(default=0.1, name="VERDICT_MIN_AC_KWH")
     """Below this much AC energy the verdict is ``insufficient_data``."""
 
+    alert_interval_s: float = msgspec.field(default=60.0, name="ALERT_INTERVAL_S")
+    """How often the API evaluates the alert rules; 0 turns the periodic evaluation off."""
+
+    alert_window: str = msgspec.field(default="6h", name="ALERT_WINDOW")
+    """Trailing window of the efficiency rules (faulty_charger, impossible_energy): 90s, 15m, 6h, 1d."""
+
+    alert_silence: str = msgspec.field(default="15m", name="ALERT_SILENCE")
+    """A device that reported within the last day and has been silent this long is device_silent."""
+
+    alert_battery_temp: float = msgspec.field(default=55.0, name="ALERT_BATTERY_TEMP")
+    """A vehicle reading above this battery temperature (°C) is battery_overheat."""
+
+    webhook_timeout_s: float = msgspec.field(default=5.0, name="WEBHOOK_TIMEOUT_S")
+    """Longest wait for a webhook target's answer."""
+
+    webhook_retry_for: str = msgspec.field(default="24h", name="WEBHOOK_RETRY_FOR")
+    """How long a failing delivery is retried (exponential backoff with jitter) before it is given up."""
+
     sql_dir: str = msgspec.field(default=str(PROJECT_ROOT / "sql"), name="SQL_DIR")
     """Where the versioned and repeatable SQL files live."""
 
@@ -87,6 +119,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def max_future_skew(self) -> timedelta:
         return timedelta(seconds=self.max_future_skew_s)
+
+    @property
+    def alert_window_td(self) -> timedelta:
+        return parse_duration(self.alert_window)
+
+    @property
+    def alert_silence_td(self) -> timedelta:
+        return parse_duration(self.alert_silence)
+
+    @property
+    def webhook_retry_for_td(self) -> timedelta:
+        return parse_duration(self.webhook_retry_for)
 
     @property
     def sql_path(self) -> Path:
@@ -103,4 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             settings = msgspec.convert(given, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid setting: {exc}") from None
-        return msgspec.structs.replace(settings, **overrides) if overrides else settings
+        settings = msgspec.structs.replace(settings, **overrides) if overrides else settings
+        for duration in (settings.alert_window, settings.alert_silence, settings.webhook_retry_for):
+            parse_duration(duration)  # refuse a bad duration at start, not at first use
+        return settings

@@ -30,6 +30,7 @@ class Charger:
     remaining_min: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
     second: str = ""  # when in the minute this device reports: the timestamp's tail, "SS.ffffffZ"
+    silent: bool = False  # stops reporting (meter and vehicle) from the fleet's silent_from minute on
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Fleet:
     devices: int
     seed: int = 1
     faulty_share: float = 0.02
+    silent_share: float = 0.0
+    """Share of chargers whose meter and vehicle stop reporting at minute silent_from (a dead gateway)."""
+    silent_from: int | None = None
     chargers: list[Charger] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -51,10 +55,18 @@ class Fleet:
                 rng=random.Random(self.seed * 1_000_003 + i * 10_007),
                 second=f"{offset.seconds:02d}.{offset.microseconds:06d}Z",
             ))
+        # Drawn from a stream of its own, so that a seed plants the same faulty chargers with or without it.
+        silence = random.Random(self.seed * 7_919 + 17)
+        for c in self.chargers:
+            c.silent = silence.random() < self.silent_share
 
     @property
     def faulty_vehicles(self) -> set[str]:
         return {vehicle_id(i) for i, c in enumerate(self.chargers) if c.faulty}
+
+    @property
+    def silent_devices(self) -> set[str]:
+        return {d for i, c in enumerate(self.chargers) if c.silent for d in (meter_id(i), vehicle_id(i))}
 
     def offset(self, i: int) -> timedelta:
         """Each device reports at its own second of the minute, so the fleet is spread over it."""
@@ -85,6 +97,8 @@ class Fleet:
                 ac, dc = 0.0, 0.0  # idle: the meter feeding the charger reads nothing
                 c.temp = max(15.0, c.temp - 0.05)
                 c.soc = max(5.0, c.soc - rng.uniform(0, 0.02))
+            if c.silent and self.silent_from is not None and m >= self.silent_from:
+                continue  # the physics went on; nothing reaches the platform
             ts = minute_prefix + c.second
             readings.append({"meterId": meter_id(i), "kwhConsumedAc": round(ac, 9),
                              "voltage": round(230 + rng.gauss(0, 2.5), 2), "timestamp": ts})

@@ -37,6 +37,8 @@ class RunOptions:
     duplicate_rate: float = 0.0
     out_of_order_rate: float = 0.0
     late_rate: float = 0.0
+    silent_rate: float = 0.0
+    """Share of chargers (meter and vehicle) that stop reporting halfway through the run."""
     report_path: Path | None = None
     verify: bool = False
     database_url: str | None = None
@@ -50,7 +52,7 @@ def parse_duration(text: str) -> float:
 
 
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
-    fleet = Fleet(opts.devices, seed=opts.seed)
+    fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)
     sender = Sender(opts.url, opts.api_key, opts.concurrency)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -65,6 +67,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         # no timestamp is ever in the future.
         start = (now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes)).replace(second=0)
     end = start + timedelta(minutes=minutes)
+    fleet.silent_from = minutes // 2
 
     links = [{"vehicleId": vehicle_id(i), "meterId": meter_id(i)} for i in range(opts.devices)]
     for i in range(0, len(links), 5000):
@@ -111,13 +114,14 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
                 last_line = time.monotonic()
         await sender.drain()
     report = {"mode": opts.mode, "devices": 2 * opts.devices, "minutes": minutes, "window": {
-        "from": start.isoformat(), "to": end.isoformat()}, **sender.stats.report()}
+        "from": start.isoformat(), "to": end.isoformat()}, **sender.stats.report(),
+        "silent_devices": sorted(fleet.silent_devices), "silent_since": (start + timedelta(minutes=minutes // 2)).isoformat()}
     await sender.close()
 
     if opts.verify:
         if before_verify:
             before_verify()
-        charged = {vehicle_id(i) for i in range(opts.devices) if generated[meter_id(i)][1] >= 0.1}
+        charged = {vehicle_id(i) for i in range(opts.devices) if generated.get(meter_id(i), (0, 0.0))[1] >= 0.1}
         with httpx.Client(base_url=opts.url, headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=120) as api:
             problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=opts.devices,
                               generated=generated, inserted=report["inserted"], failed=report["failed"],

@@ -61,7 +61,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
             continue
         got = answer.json()
         index = int(vehicle.split("-")[1])
-        want_ac, want_dc = generated[meter_id(index)][1], generated[vehicle][1]
+        want_ac, want_dc = generated.get(meter_id(index), (0, 0.0))[1], generated.get(vehicle, (0, 0.0))[1]
         if not (_same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)):
             problems.append(f"{vehicle}: analytics AC/DC {got['acConsumedKwh']}/{got['dcDeliveredKwh']} kWh, "
                             f"generated {want_ac}/{want_dc}")
@@ -77,8 +77,8 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
         problems.append(f"flagged faulty but not planted: {sorted(flagged - charged_faulty)[:10]}; "
                         f"planted (and charged) but not flagged: {sorted(charged_faulty - flagged)[:10]}")
     if body["vehicles"] == devices:  # the database holds only this fleet: its totals must match too
-        ac = sum(generated[meter_id(i)][1] for i in range(devices))
-        dc = sum(generated[vehicle_id(i)][1] for i in range(devices))
+        ac = sum(generated.get(meter_id(i), (0, 0.0))[1] for i in range(devices))
+        dc = sum(generated.get(vehicle_id(i), (0, 0.0))[1] for i in range(devices))
         if not (_same_energy(body["acConsumedKwh"], ac) and _same_energy(body["dcDeliveredKwh"], dc)):
             problems.append(f"fleet analytics AC/DC {body['acConsumedKwh']}/{body['dcDeliveredKwh']} kWh, "
                             f"generated {ac}/{dc}")

@@ -22,8 +22,10 @@ ANALYTICS = {"GET /v1/analytics/performance/{vehicle_id}", "GET /v1/analytics/fl
 KEY_MANAGEMENT = {"POST /v1/keys", "GET /v1/keys", "DELETE /v1/keys/{key_id}"}
 DEVICES = {"GET /v1/meters/{meter_id}/status", "GET /v1/vehicles/{vehicle_id}/status",
            "PUT /v1/vehicles/{vehicle_id}/meter", "PUT /v1/vehicles/meters", "GET /v1/vehicles/{vehicle_id}/meter"}
+ALERTS = {"GET /v1/alerts", "GET /v1/alerts/{alert_id}", "POST /v1/alerts/{alert_id}/acknowledge"}
+WEBHOOKS = {"POST /v1/webhooks", "DELETE /v1/webhooks/{webhook_id}", "GET /v1/webhooks/{webhook_id}/deliveries"}
 # Operations whose input errors this suite knows to be documented as 422.
-TAKE_INPUT = set(INGESTION) | ANALYTICS | KEY_MANAGEMENT | DEVICES
+TAKE_INPUT = set(INGESTION) | ANALYTICS | KEY_MANAGEMENT | DEVICES | ALERTS | WEBHOOKS
 ERROR_BODY = "#/components/schemas/ErrorBody"
 READING_FIELDS = {"meters": {"meterId", "kwhConsumedAc", "voltage", "timestamp"},
                   "vehicles": {"vehicleId", "soc", "kwhDeliveredDc", "batteryTemp", "timestamp"}}
@@ -70,7 +72,7 @@ def test_the_document_declares_the_bearer_scheme(document: dict) -> None:
 
 def test_every_operation_but_health_and_metrics_requires_the_bearer_key(document: dict) -> None:
     everything = operations(document)
-    assert OPEN | set(INGESTION) | ANALYTICS | KEY_MANAGEMENT | DEVICES <= set(everything)
+    assert OPEN | set(INGESTION) | ANALYTICS | KEY_MANAGEMENT | DEVICES | ALERTS | WEBHOOKS <= set(everything)
     assert not any(path.startswith("/schema") for path in document["paths"])
     for name, operation in everything.items():
         if name in OPEN:
@@ -79,9 +81,14 @@ def test_every_operation_but_health_and_metrics_requires_the_bearer_key(document
             assert operation.get("security") == [{"apiKey": []}], name
 
 
-def scope_of(name: str) -> str:
-    """The scope an operation needs: admin for keys, read for the other reads, ingest for writes."""
-    return "admin" if " /v1/keys" in name else "read" if name.startswith("GET ") else "ingest"
+def scopes_of(name: str) -> set[str]:
+    """The scopes that may call an operation: admin for keys and webhooks, ingest or admin to
+    acknowledge an alert, read for the other reads, ingest for the other writes."""
+    if " /v1/keys" in name or " /v1/webhooks" in name:
+        return {"admin"}
+    if name.endswith("/acknowledge"):
+        return {"ingest", "admin"}
+    return {"read"} if name.startswith("GET ") else {"ingest"}
 
 
 def test_the_documented_security_is_what_the_server_enforces(client: TestClient, keys: Keys, document: dict) -> None:
@@ -95,7 +102,7 @@ def test_the_documented_security_is_what_the_server_enforces(client: TestClient,
         assert anonymous.headers["www-authenticate"].startswith("Bearer"), name
         for scope in ("ingest", "read", "admin"):
             status = client.request(method, url, headers=Keys.header(getattr(keys, scope))).status_code
-            assert (status == 403) is (scope != scope_of(name)), (name, scope, status)
+            assert (status == 403) is (scope not in scopes_of(name)), (name, scope, status)
 
 
 def test_meter_and_vehicle_ingestion_document_json_ndjson_and_csv_bodies(document: dict) -> None:
@@ -169,6 +176,8 @@ def test_every_protected_operation_documents_its_errors_with_the_error_body(docu
         assert {"413", "415"} <= set(checked[name]["responses"]), name
     assert "404" in checked["DELETE /v1/keys/{key_id}"]["responses"]
     assert "404" in checked["GET /v1/analytics/performance/{vehicle_id}"]["responses"]
+    for name in ALERTS - {"GET /v1/alerts"} | WEBHOOKS - {"POST /v1/webhooks"}:
+        assert "404" in checked[name]["responses"], name
 
 
 def test_readiness_documents_its_503(document: dict) -> None:

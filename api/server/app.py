@@ -16,7 +16,10 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from api.db.pool import create_pool
 from api.db.retention import RetentionCache
+from api.ops.alerts import evaluate_periodically
 from api.ops.maintenance import run_maintenance_periodically
+from api.ops.webhooks import deliver_webhooks_periodically
+from api.server.alerts import AlertController
 from api.server.analytics import AnalyticsController
 from api.server.devices import DeviceController
 from api.server.energygrid import EnergyGridController
@@ -25,6 +28,7 @@ from api.server.health import HealthController
 from api.server.keys import KeyController
 from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthentication
 from api.server.telemetry import TelemetryController
+from api.server.webhooks import WebhookController
 from api.settings import Settings
 
 
@@ -39,16 +43,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await pool.open(wait=False)
         app.state.pool = pool
         maintenance = asyncio.create_task(run_maintenance_periodically(pool, settings))
+        webhooks = asyncio.create_task(deliver_webhooks_periodically(pool, settings))
+        alerts = asyncio.create_task(evaluate_periodically(pool, settings))
         try:
             yield
         finally:
             maintenance.cancel()
+            webhooks.cancel()
+            alerts.cancel()
             await pool.close()
 
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
-                        AnalyticsController, KeyController, EnergyGridController],
+                        AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController],
         lifespan=[database],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],

@@ -22,11 +22,13 @@ DO $$
 DECLARE
     target record;
     -- What requests write: readings (and the hypertables' new chunks), current state, links, keys,
-    -- and on the Apache edition the aggregate tables the ingest keeps exact.
+    -- on the Apache edition the aggregate tables the ingest keeps exact, and the alerts, webhooks and
+    -- their delivery outbox, which the API's evaluation and delivery loops keep.
     written text[] := ARRAY['meter_readings', 'vehicle_readings', 'energygrid_readings', 'meter_state',
                             'vehicle_state', 'vehicle_meter_links', 'api_keys', 'meter_energy_hourly',
                             'vehicle_energy_hourly', 'meter_energy_6h', 'vehicle_energy_6h',
-                            'meter_energy_daily', 'vehicle_energy_daily'];
+                            'meter_energy_daily', 'vehicle_energy_daily', 'alerts', 'webhooks',
+                            'webhook_deliveries'];
 BEGIN
     FOR target IN
         SELECT c.oid::regclass AS rel, c.relkind IN ('r', 'p') AND c.relname = ANY (written) AS writes

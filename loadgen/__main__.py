@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--duplicate-rate", type=float, default=0.0)
         sub.add_argument("--out-of-order-rate", type=float, default=0.0)
         sub.add_argument("--late-rate", type=float, default=0.0)
+        sub.add_argument("--alert-window", default="6h", help="the server's ALERT_WINDOW, for --verify")
+        sub.add_argument("--alert-silence", default="15m", help="the server's ALERT_SILENCE, for --verify")
         sub.add_argument("--silent-rate", type=float, default=0.0,
                          help="share of chargers (meter and vehicle) that stop reporting halfway through the run")
         sub.add_argument("--report", type=Path, help="write the final report as JSON")
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             url=args.url, api_key=args.api_key, devices=args.meters, mode=args.command, speedup=args.speedup,
             duration_s=parse_duration(args.duration), hours=args.hours, seed=args.seed, batch_size=args.batch_size,
             concurrency=args.concurrency, duplicate_rate=args.duplicate_rate, out_of_order_rate=args.out_of_order_rate,
-            late_rate=args.late_rate, silent_rate=args.silent_rate, report_path=args.report, verify=args.verify, database_url=args.database_url))
+            late_rate=args.late_rate, silent_rate=args.silent_rate,
+            alert_window_s=parse_duration(args.alert_window), alert_silence_s=parse_duration(args.alert_silence),
+            report_path=args.report, verify=args.verify, database_url=args.database_url))
         failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
         return 1 if failed else 0
     if args.command == "energygrid-mock":

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loadgen.fleet import Fleet, Mess, meter_id, vehicle_id
 from loadgen.sender import Sender
-from loadgen.verify import verify
+from loadgen.verify import verify, verify_alerts
 
 
 @dataclass
@@ -39,6 +39,12 @@ class RunOptions:
     late_rate: float = 0.0
     silent_rate: float = 0.0
     """Share of chargers (meter and vehicle) that stop reporting halfway through the run."""
+    alert_window_s: float = 6 * 3600
+    """The server's ALERT_WINDOW, for --verify's check of the faulty_charger alerts."""
+    alert_silence_s: float = 15 * 60
+    """The server's ALERT_SILENCE, for --verify's check of the device_silent alerts."""
+    min_ac_kwh: float = 0.1
+    """The server's VERDICT_MIN_AC_KWH."""
     report_path: Path | None = None
     verify: bool = False
     database_url: str | None = None
@@ -76,6 +82,10 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
 
     generated: dict[str, tuple[int, float]] = {}
+    # AC of charging minutes near the end of the run, per meter, for the faulty_charger alerts'
+    # trailing window: (timestamp, kWh), kept only for the last window and an hour.
+    recent_ac: dict[str, list[tuple[datetime, float]]] = {}
+    recent_from = end - timedelta(seconds=opts.alert_window_s) - timedelta(hours=1)
 
     def prepare(m: int) -> list[tuple[bytes, int]]:
         """Minute m's readings with the mess applied, encoded in batches. Runs in a worker thread, so
@@ -85,6 +95,8 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             device = r.get("meterId") or r["vehicleId"]
             n, total = generated.get(device, (0, 0.0))
             generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
+            if r.get("kwhConsumedAc") and start + timedelta(minutes=m) >= recent_from:
+                recent_ac.setdefault(device, []).append((datetime.fromisoformat(r["timestamp"]), r["kwhConsumedAc"]))
         outgoing = mess.apply(m, readings)
         if m == minutes - 1:
             outgoing += mess.flush()
@@ -127,8 +139,12 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
                               generated=generated, inserted=report["inserted"], failed=report["failed"],
                               ambiguous=report["ambiguous"],
                               charged_faulty=fleet.faulty_vehicles & charged)
+            alerts = verify_alerts(api, fleet=fleet, devices=opts.devices, end=end, recent_ac=recent_ac,
+                                   window=timedelta(seconds=opts.alert_window_s),
+                                   silence=timedelta(seconds=opts.alert_silence_s), min_ac_kwh=opts.min_ac_kwh)
+        problems += alerts.pop("problems")
         report["verification"] = {"passed": not problems, "problems": problems,
-                                  "planted_faulty": sorted(fleet.faulty_vehicles & charged)}
+                                  "planted_faulty": sorted(fleet.faulty_vehicles & charged), "alerts": alerts}
     return report
 
 

@@ -4,12 +4,12 @@ generated energy, and the faulty chargers the analytics flag are the ones the ge
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 import psycopg
 
-from loadgen.fleet import meter_id, vehicle_id
+from loadgen.fleet import Fleet, meter_id, vehicle_id
 
 
 def _same_energy(got: float, want: float) -> bool:
@@ -83,3 +83,47 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
             problems.append(f"fleet analytics AC/DC {body['acConsumedKwh']}/{body['dcDeliveredKwh']} kWh, "
                             f"generated {ac}/{dc}")
     return problems
+
+
+def verify_alerts(api: httpx.Client, *, fleet: Fleet, devices: int, end: datetime,
+                  recent_ac: dict[str, list[tuple[datetime, float]]], window: timedelta, silence: timedelta,
+                  min_ac_kwh: float) -> dict:
+    """Has the server evaluate its alert rules now (`POST /v1/alerts/evaluate`, admin scope), then
+    checks that the open faulty_charger alerts are exactly the planted faulty chargers that charged
+    at least min_ac_kwh in the alert window before the evaluation, and (when the run ended less than
+    the silence limit before it) that the open device_silent alerts are exactly the silenced devices."""
+    evaluated = api.post("/v1/alerts/evaluate")
+    if evaluated.status_code == 403:
+        return {"checked": False, "problems": [], "note": "alerts not verified: the key lacks the admin scope"}
+    if evaluated.status_code != 200:
+        return {"checked": False, "problems": [f"POST /v1/alerts/evaluate answered {evaluated.status_code}"]}
+
+    def open_alerts(rule: str) -> list[dict]:
+        found, cursor = [], None
+        while True:
+            page = api.get("/v1/alerts", params={"state": "open", "rule": rule, "limit": 1000,
+                                                 **({"cursor": cursor} if cursor else {})}).json()
+            found += page["alerts"]
+            if not (cursor := page["next"]):
+                return found
+
+    ours = {vehicle_id(i) for i in range(devices)} | {meter_id(i) for i in range(devices)}
+    problems: list[str] = []
+    faulty = [a for a in open_alerts("faulty_charger") if a["deviceId"] in ours]
+    evaluated_at = max((datetime.fromisoformat(a["lastSeenAt"]) for a in faulty), default=datetime.now(end.tzinfo))
+    since = evaluated_at - window
+    charged = {vehicle_id(i) for i in range(devices)
+               if sum(kwh for ts, kwh in recent_ac.get(meter_id(i), []) if since <= ts < evaluated_at) >= min_ac_kwh}
+    want = fleet.faulty_vehicles & charged
+    got = {a["deviceId"] for a in faulty}
+    if got != want:
+        problems.append(f"faulty_charger alerts not planted: {sorted(got - want)[:10]}; planted faulty chargers "
+                        f"that charged in the window without an alert: {sorted(want - got)[:10]}")
+    result = {"checked": True, "faulty_charger": len(got), "planted_faulty_charging": len(want)}
+    if datetime.now(end.tzinfo) - end < silence - timedelta(minutes=2) and fleet.silent_devices:
+        silent = {a["deviceId"] for a in open_alerts("device_silent") if a["deviceId"] in ours}
+        if silent != fleet.silent_devices:
+            problems.append(f"device_silent alerts not silenced: {sorted(silent - fleet.silent_devices)[:10]}; "
+                            f"silenced without an alert: {sorted(fleet.silent_devices - silent)[:10]}")
+        result["device_silent"] = len(silent)
+    return {**result, "problems": problems}

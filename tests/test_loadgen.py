@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg
 import pytest
 from rich.console import Console
 
@@ -79,8 +80,9 @@ def test_an_end_to_end_run_verifies(database, live_server_factory, tmp_path) -> 
     server = live_server_factory()
     report = run(loadgen_options(server, database, report_path=tmp_path / "report.json"), Console(quiet=True))
 
-    assert report["verification"] == {"passed": True, "problems": [],
-                                      "planted_faulty": report["verification"]["planted_faulty"]}
+    assert report["verification"] == {
+        "passed": True, "problems": [], "planted_faulty": report["verification"]["planted_faulty"],
+        "alerts": {"checked": False, "note": "alerts not verified: the key lacks the admin scope"}}
     assert report["inserted"] == 40 * 2 * 120 and report["failed"] == report["rejected"] == 0
     assert report["duplicates"] == report["sent"] - report["inserted"] > 0
     assert (tmp_path / "report.json").exists()
@@ -221,3 +223,22 @@ def test_latency_percentiles_interpolate_and_survive_short_runs() -> None:
     assert stats.report()["latency_ms"] == {"p50": 30.0, "p95": 48.0, "p99": 49.6}
     assert Stats(latencies=[0.02]).report()["latency_ms"] == {"p50": 20.0, "p95": 20.0, "p99": 20.0}
     assert Stats().report()["latency_ms"] == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+
+@pytest.mark.slow
+def test_planted_faulty_chargers_and_silenced_devices_open_exactly_their_alerts(database, live_server_factory) -> None:
+    server = live_server_factory()
+    report = run(loadgen_options(server, database, devices=150, seed=5, silent_rate=0.05, duplicate_rate=0,
+                                 out_of_order_rate=0, late_rate=0, scopes=["ingest", "read", "admin"]),
+                 Console(quiet=True))
+
+    verification = report["verification"]
+    assert verification["passed"], verification["problems"]
+    alerts = verification["alerts"]
+    assert alerts["checked"] and alerts["faulty_charger"] == alerts["planted_faulty_charging"] > 0
+    assert alerts["device_silent"] == len(report["silent_devices"]) > 0
+    with psycopg.connect(database.url) as conn:
+        opened = dict(conn.execute("SELECT rule, count(*) FROM telemetry.alerts WHERE state = 'open' "
+                                   "GROUP BY rule").fetchall())
+    assert opened["faulty_charger"] == alerts["faulty_charger"]
+    assert opened["device_silent"] == len(report["silent_devices"])

@@ -82,9 +82,9 @@ def test_every_operation_but_health_and_metrics_requires_the_bearer_key(document
 
 
 def scopes_of(name: str) -> set[str]:
-    """The scopes that may call an operation: admin for keys and webhooks, ingest or admin to
+    """The scopes that may call an operation: admin for keys, webhooks and evaluating alerts, ingest or admin to
     acknowledge an alert, read for the other reads, ingest for the other writes."""
-    if " /v1/keys" in name or " /v1/webhooks" in name:
+    if " /v1/keys" in name or " /v1/webhooks" in name or name == "POST /v1/alerts/evaluate":
         return {"admin"}
     if name.endswith("/acknowledge"):
         return {"ingest", "admin"}

@@ -1,5 +1,6 @@
 """Alerts (`read` scope): list them newest first with a keyset cursor, read one, and acknowledge one
-(`ingest` or `admin`). The alerts themselves are opened and resolved by telemetry.evaluate_alerts()."""
+(`ingest` or `admin`), and evaluate the rules now (`admin`). The alerts themselves are opened and
+resolved by telemetry.evaluate_alerts()."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter, QueryParameter
 
 from api.db.pool import fetch_all
+from api.ops.alerts import evaluate_in_pool
 from api.readings import DEVICE_ID_PATTERN, BadInput
+from api.server.dependencies import AppSettings
 from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 
@@ -103,6 +106,19 @@ def decode_cursor(cursor: str) -> int:
     raise BadInput(422, "invalid cursor: pass the `next` value of the previous page")
 
 
+class AlertChangeOut(msgspec.Struct, rename="camel"):
+    id: int
+    rule: str
+    device_id: str
+    value: float | None
+
+
+class EvaluationOut(msgspec.Struct, rename="camel"):
+    opened: list[AlertChangeOut]
+    resolved: list[AlertChangeOut]
+    open: int
+
+
 class AlertController(Controller):
     path = "/v1/alerts"
     tags = ["alerts"]
@@ -147,3 +163,15 @@ class AlertController(Controller):
         if not rows:
             raise NotFoundException(f"no alert {alert_id}")
         return Alert(*rows[0])
+
+    @post("/evaluate", status_code=200, guards=[requires("admin")],
+          summary="Evaluate the alert rules now (as the platform does every ALERT_INTERVAL_S)",
+          responses=error_responses(401, 403, 503), operation_class=ErrorDocumentedOperation)
+    async def evaluate(self, state: State, settings: AppSettings) -> EvaluationOut:
+        # Waits for an evaluation running elsewhere, then finds what it left to do: the answer is
+        # what this pass changed, and how many alerts are open after it.
+        evaluation = await evaluate_in_pool(state.pool, settings, wait=True)
+        (open_now,) = (await fetch_all(state.pool, "SELECT count(*) FROM telemetry.alerts WHERE state = 'open'"))[0]
+        return EvaluationOut([AlertChangeOut(c.alert_id, c.rule, c.device_id, c.value) for c in evaluation.opened],
+                             [AlertChangeOut(c.alert_id, c.rule, c.device_id, c.value) for c in evaluation.resolved],
+                             open_now)

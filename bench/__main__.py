@@ -91,6 +91,19 @@ def main() -> None:
             f = r[key]
             table.add_row(label, str(f["p50_ms"]), str(f["p99_ms"]), str(f["requests_per_s"]))
         console.print(table)
+        a = r["alert_evaluation"]
+        opened = ", ".join(f"{n:,} {rule}" for rule, n in sorted(a["opened_by_rule"].items()))
+        table = Table(title=f"Alert evaluation over the fleet (6 h window; first pass opens {opened}; goal: 1 s)")
+        for column in ("pass", "runs", "p50 ms", "max ms", "rows"):
+            table.add_column(column, justify="right")
+        for label, key in (("telemetry.evaluate_alerts(), first pass (rolled back each time)", "first_pass"),
+                           ("telemetry.evaluate_alerts(), steady pass (nothing changes)", "steady_pass"),
+                           ("faulty/anomaly verdicts over the raw readings", "raw_computation")):
+            q = a[key]
+            table.add_row(label, str(q["runs"]), str(q["p50_ms"]), str(q["max_ms"]), f"{q['rows']:,}")
+        table.add_row("raw p50 / first pass p50", "", f"{a['raw_p50_over_first_pass_p50']}x", "", "")
+        table.add_row("raw p50 / steady pass p50", "", f"{a['raw_p50_over_steady_pass_p50']}x", "", "")
+        console.print(table)
 
     if "loadgen" in sections:
         from bench import loadgen

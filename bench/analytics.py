@@ -38,6 +38,34 @@ WITH ac AS (
 SELECT ac.kwh, dc.kwh, dc.kwh / nullif(ac.kwh, 0), dc.temp, ac.n, dc.n FROM ac, dc
 """
 
+# One alert evaluation pass over the whole fleet, as `python -m api alerts evaluate` runs it.
+EVALUATE_ALERTS = """SELECT rule, event FROM telemetry.evaluate_alerts(
+    now(), INTERVAL '6 hours', INTERVAL '15 minutes', 55, 0.85, 0.75, 0.1, true)"""
+
+# Its fleet computation done the obvious way: every raw reading of the last 6 hours, grouped per
+# vehicle through its links, with the faulty and anomaly verdicts.
+RAW_FLEET_VERDICTS = """
+WITH ac AS (
+    SELECT l.vehicle_id, sum(r.kwh_consumed_ac) AS kwh, count(*) AS n
+    FROM telemetry.vehicle_meter_links l
+    JOIN telemetry.meter_readings r ON r.meter_id = l.meter_id
+     AND r.time >= greatest(lower(l.valid), now() - INTERVAL '6 hours')
+     AND r.time < least(coalesce(upper(l.valid), now()), now())
+    WHERE l.valid && tstzrange(now() - INTERVAL '6 hours', now())
+    GROUP BY l.vehicle_id
+), dc AS (
+    SELECT vehicle_id, sum(kwh_delivered_dc) AS kwh, count(*) AS n
+    FROM telemetry.vehicle_readings WHERE time >= now() - INTERVAL '6 hours' AND time < now()
+    GROUP BY vehicle_id
+), v AS (
+    SELECT coalesce(ac.vehicle_id, dc.vehicle_id) AS vehicle_id,
+           CASE WHEN ac.kwh > 0 THEN coalesce(dc.kwh, 0) / ac.kwh END AS efficiency,
+           telemetry.verdict(ac.kwh, dc.kwh, ac.n, dc.n, 0.85, 0.75, 0.1) AS verdict
+    FROM ac FULL JOIN dc ON dc.vehicle_id = ac.vehicle_id
+)
+SELECT vehicle_id, efficiency, verdict FROM v WHERE verdict IN ('faulty', 'anomaly')
+"""
+
 # Minute batches of the whole fleet, as gateways send them, written by the platform's SQL write path
 # (staging table, deduplication, current state, aggregates): the --load sql shortcut.
 _MINUTE = {
@@ -160,13 +188,46 @@ def _check_same_answers(url: str, windows: list[dict]) -> None:
                 raise AssertionError(f"aggregate and raw answers differ for {w}: {fast} vs {raw}")
 
 
+def _alert_pass(url: str, repeats: int) -> dict:
+    """evaluate_alerts() on the loaded fleet: first passes (rolled back, so each one opens every
+    alert), then steady passes (one committed, then re-run: nothing opens or resolves); and the
+    raw-readings computation of the same verdicts, same repetitions."""
+    def timed(conn: psycopg.Connection, sql: str, rollback: bool = False) -> tuple[float, list]:
+        t0 = time.perf_counter()
+        with conn.transaction(force_rollback=rollback):
+            rows = conn.execute(sql).fetchall()
+        return time.perf_counter() - t0, rows
+
+    def stats(runs: list[tuple[float, list]]) -> dict:
+        latencies = [t for t, _ in runs]
+        return {"runs": len(runs), "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+                "max_ms": round(max(latencies) * 1000, 1), "rows": len(runs[-1][1])}
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = [timed(conn, EVALUATE_ALERTS, rollback=True) for _ in range(repeats)]
+        raw = [timed(conn, RAW_FLEET_VERDICTS) for _ in range(repeats)]
+        timed(conn, EVALUATE_ALERTS)
+        steady = [timed(conn, EVALUATE_ALERTS) for _ in range(repeats)]
+        opened: dict[str, int] = {}
+        for rule, _ in first[-1][1]:
+            opened[rule] = opened.get(rule, 0) + 1
+        verdicts = {"faulty_charger": sum(1 for r in raw[-1][1] if r[2] == "faulty"),
+                    "impossible_energy": sum(1 for r in raw[-1][1] if r[2] == "anomaly")}
+    result = {"first_pass": stats(first), "steady_pass": stats(steady), "raw_computation": stats(raw),
+              "opened_by_rule": opened, "raw_verdicts": verdicts}
+    result["raw_p50_over_first_pass_p50"] = round(result["raw_computation"]["p50_ms"] / result["first_pass"]["p50_ms"], 1)
+    result["raw_p50_over_steady_pass_p50"] = round(result["raw_computation"]["p50_ms"] / result["steady_pass"]["p50_ms"], 1)
+    return result
+
+
 def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "http") -> dict:
     url = fresh_database("telemetry_bench_analytics")
     key = create_key(url)
     end = datetime.now(UTC)
     started = time.perf_counter()
     result: dict = {"devices": devices * 2, "hours": hours, "load": load}
-    with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 4))) as api:
+    # No periodic alert evaluation in the server: the alert pass below measures the first one.
+    with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 4)), ALERT_INTERVAL_S="0") as api:
         if load == "http":
             result["backfill"] = _load_http(api, key, devices, hours)
         else:
@@ -177,6 +238,7 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
         with psycopg.connect(url) as conn:
             result["readings"] = sum(conn.execute(f"SELECT count(*) FROM telemetry.{t}").fetchone()[0]
                                      for t in ("meter_readings", "vehicle_readings"))
+        result["alert_evaluation"] = _alert_pass(url, 5)
 
         # The default window of the endpoint: the last 24 hours, edges anywhere in the hour.
         to = end - timedelta(minutes=1, seconds=17)

@@ -86,3 +86,16 @@ def test_migrate_creates_the_api_login_role_from_database_url(empty_database: Da
     assert owner == empty_database.server.user
     with psycopg.connect(app) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("DROP TABLE telemetry.meter_readings")
+
+
+def test_only_the_api_role_may_run_the_owners_maintenance_function(database: Database) -> None:
+    """telemetry.run_maintenance() drops chunks with the owner's rights: not for every role of the cluster."""
+    with database.connect(autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'telemetry_outsider') "
+                     "THEN CREATE ROLE telemetry_outsider LOGIN; END IF; END $$")
+        conn.execute("GRANT USAGE ON SCHEMA telemetry TO telemetry_outsider")
+    outsider = make_conninfo(database.url, user="telemetry_outsider")
+    with psycopg.connect(outsider) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM telemetry.run_maintenance()")
+    with psycopg.connect(database.app_url) as conn:
+        conn.execute("SELECT * FROM telemetry.run_maintenance()")

@@ -220,8 +220,9 @@ def test_a_receiver_failing_twice_then_recovering_gets_every_event_once(database
     receiver = receivers(statuses=[500, 503])
     webhook = add_webhook(conn, receiver)
     alert_id = add_alert(conn)
+    # Two alerts: one alert's events are sent in order (test_an_alerts_resolution_waits_for_its_pending_opening).
     events = [add_delivery(conn, webhook, alert_id, "alert.opened"),
-              add_delivery(conn, webhook, alert_id, "alert.resolved")]
+              add_delivery(conn, webhook, add_alert(conn, "EV-0002"), "alert.opened")]
     settings = settings_for(database)
 
     run_rounds(settings, rounds=1)  # both fail: 500, then 503
@@ -262,7 +263,7 @@ def test_a_delivery_is_given_up_once_the_retry_window_has_passed(database: Datab
     webhook = add_webhook(conn, receiver)
     alert_id = add_alert(conn)
     old = add_delivery(conn, webhook, alert_id, age=timedelta(hours=25))
-    recent = add_delivery(conn, webhook, alert_id, "alert.resolved", age=timedelta(hours=23, minutes=59))
+    recent = add_delivery(conn, webhook, add_alert(conn, "EV-0002"), age=timedelta(hours=23, minutes=59))
 
     run_rounds(settings_for(database), backoff=lambda _: 3600.0)
     old_row, recent_row = delivery_row(conn, old), delivery_row(conn, recent)
@@ -325,7 +326,12 @@ def test_a_deleted_webhook_is_no_longer_delivered_to(client: TestClient, keys: K
     receiver = receivers()
     admin = Keys.header(keys.admin)
     webhook = client.post("/v1/webhooks", json={"url": receiver.url}, headers=admin).json()["id"]
+    pending = add_delivery(conn, webhook, add_alert(conn, "EV-0002"), age=timedelta(minutes=1))
+    conn.execute("UPDATE telemetry.webhook_deliveries SET next_attempt_at = now() + interval '1 hour'")
     assert client.delete(f"/v1/webhooks/{webhook}", headers=admin).status_code == 204
+    # Its pending deliveries end with it: none stays due for ever.
+    ended = delivery_row(conn, pending)
+    assert ended["given_up_at"] is not None and ended["last_error"] == "webhook deleted"
     delivery = add_delivery(conn, webhook, add_alert(conn))
 
     run_rounds(settings_for(database))
@@ -420,3 +426,22 @@ def test_an_alert_opened_by_the_evaluation_reaches_the_webhook(client: TestClien
     alert = client.get(f"/v1/alerts/{opened.alert_id}", headers=Keys.header(keys.read)).json()
     assert {k: payload["alert"][k] for k in ("id", "rule", "deviceId", "state", "value")} == \
         {k: alert[k] for k in ("id", "rule", "deviceId", "state", "value")}
+
+
+def test_an_alerts_resolution_waits_for_its_pending_opening(database: Database, receivers,
+                                                           conn: psycopg.Connection) -> None:
+    receiver = receivers()
+    webhook = add_webhook(conn, receiver)
+    alert = add_alert(conn)
+    opened = add_delivery(conn, webhook, alert, "alert.opened", age=timedelta(minutes=2))
+    # The opening failed once and waits for its retry; the resolution is due now.
+    conn.execute("UPDATE telemetry.webhook_deliveries SET attempts = 1, next_attempt_at = now() + interval '1 hour' "
+                 "WHERE id = %s", (opened,))
+    resolved = add_delivery(conn, webhook, alert, "alert.resolved", age=timedelta(minutes=1))
+    run_rounds(settings_for(database))
+    assert receiver.requests == [] and delivery_row(conn, resolved)["attempts"] == 0
+
+    conn.execute("UPDATE telemetry.webhook_deliveries SET next_attempt_at = now() WHERE id = %s", (opened,))
+    run_rounds(settings_for(database), rounds=2)
+    assert [(r["delivery"], r["event"], r["signed"]) for r in receiver.requests] == [
+        (opened, "alert.opened", True), (resolved, "alert.resolved", True)]

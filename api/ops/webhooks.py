@@ -45,6 +45,10 @@ CLAIM_SQL = """
             SELECT id FROM telemetry.webhook_deliveries d
             WHERE d.webhook_id = w.id AND d.delivered_at IS NULL AND d.given_up_at IS NULL
               AND d.next_attempt_at <= now()
+              -- An alert's events reach a target in order: not its resolution while its opening is pending.
+              AND NOT EXISTS (SELECT FROM telemetry.webhook_deliveries e
+                              WHERE e.webhook_id = d.webhook_id AND e.alert_id = d.alert_id
+                                AND e.delivered_at IS NULL AND e.given_up_at IS NULL AND e.created_at < d.created_at)
             ORDER BY d.next_attempt_at, d.created_at
             LIMIT %(per_target)s
             FOR UPDATE SKIP LOCKED) d

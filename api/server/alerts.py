@@ -37,7 +37,7 @@ LIST_ALERTS_SQL = f"""
     SELECT {_COLUMNS} FROM telemetry.alerts
     WHERE (%(state)s = 'all' OR state = %(state)s)
       AND (%(rule)s::text IS NULL OR rule = %(rule)s)
-      AND (%(device)s::text IS NULL OR device_id::text = %(device)s)
+      AND (%(device)s::text IS NULL OR device_id = %(device)s::text)
       AND (%(before)s::bigint IS NULL OR id < %(before)s)
     ORDER BY id DESC
     LIMIT %(limit)s"""

@@ -45,7 +45,14 @@ LIST_WEBHOOKS_SQL = """
     WHERE w.deleted_at IS NULL
     GROUP BY w.id ORDER BY w.id"""
 # Soft delete: the delivery loop skips the pending deliveries of a deleted webhook; its log stays.
-DELETE_WEBHOOK_SQL = "UPDATE telemetry.webhooks SET deleted_at = now() WHERE id = %s AND deleted_at IS NULL"
+# Its pending deliveries end with it (given up), so none stays due forever.
+DELETE_WEBHOOK_SQL = """
+    WITH deleted AS (
+        UPDATE telemetry.webhooks SET deleted_at = now() WHERE id = %(id)s AND deleted_at IS NULL RETURNING id),
+    ended AS (
+        UPDATE telemetry.webhook_deliveries SET given_up_at = now(), last_error = 'webhook deleted'
+        WHERE webhook_id IN (SELECT id FROM deleted) AND delivered_at IS NULL AND given_up_at IS NULL)
+    SELECT count(*) FROM deleted"""
 WEBHOOK_EXISTS_SQL = "SELECT EXISTS (SELECT FROM telemetry.webhooks WHERE id = %s AND deleted_at IS NULL)"
 LIST_DELIVERIES_SQL = """
     SELECT id, event, alert_id, created_at, attempts, next_attempt_at, delivered_at, given_up_at, last_status,
@@ -165,8 +172,8 @@ class WebhookController(Controller):
             responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
     async def remove(self, state: State, webhook_id: PathWebhookId) -> None:
         async with state.pool.connection() as conn:
-            cur = await conn.execute(DELETE_WEBHOOK_SQL, (path_id(webhook_id),))
-            if cur.rowcount != 1:
+            cur = await conn.execute(DELETE_WEBHOOK_SQL, {"id": path_id(webhook_id)})
+            if (await cur.fetchone())[0] != 1:
                 raise NotFoundException(f"no webhook {webhook_id}")
 
     @get("/{webhook_id:str}/deliveries", summary="A webhook's delivery log, newest first (cursor-paginated)",

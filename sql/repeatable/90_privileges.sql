@@ -43,6 +43,15 @@ BEGIN
             EXECUTE format('GRANT INSERT, UPDATE ON %s TO telemetry_app', target.rel);
         END IF;
     END LOOP;
+    -- A SECURITY DEFINER function runs with the owner's rights (run_maintenance drops chunks): only
+    -- telemetry_app may call it, not every role of the cluster (PUBLIC may execute new functions).
+    FOR target IN
+        SELECT p.oid::regprocedure AS fn
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'telemetry' AND p.prosecdef AND has_function_privilege('public', p.oid, 'EXECUTE')
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', target.fn);
+    END LOOP;
     FOR target IN
         SELECT p.oid::regprocedure AS fn
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

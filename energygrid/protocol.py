@@ -20,8 +20,10 @@ MAX_SERIALS = 10
 MIN_INTERVAL_S = 1.0
 """One request a second, for all clients together."""
 RATE_LIMIT_ERROR = "Too Many Requests. Limit: 1 req/sec."
-SERIAL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-"""The platform's device-id rule: a serial the platform could not store as a device id is malformed."""
+SERIAL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$(?!\n)"
+"""The platform's device-id rule (api/readings.py DEVICE_ID_PATTERN, kept equal here so the mock side
+needs nothing of api/): a serial the platform could not store as a device id is malformed. (?!\n):
+in Python, $ also matches before a final line break, which the database's rule refuses."""
 POWER_UNITS = {"W": -3, "kW": 0, "MW": 3}
 """Power units the vendor writes, as the power of ten that turns a value into kW."""
 _DECIMALS = {"W": 0, "kW": 2, "MW": 5}

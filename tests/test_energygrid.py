@@ -230,6 +230,7 @@ def test_each_malformed_item_the_mock_sends_is_rejected_with_its_reason(reason: 
     ({k: v for k, v in GOOD_ITEM.items() if k != "power"}, "power: missing"),
     ({**GOOD_ITEM, "power": 3.42}, "power: Expected `str`, got `float`"),
     ({**GOOD_ITEM, "sn": "x" * 65}, "sn: not a valid serial"),
+    ({**GOOD_ITEM, "sn": "SN-042\n"}, "sn: not a valid serial"),  # the database's rule refuses it
     ({**GOOD_ITEM, "sn": None}, "sn: not a valid serial"),
     ({**GOOD_ITEM, "last_updated": "2026-13-01T00:00:00Z"}, "last_updated: not an ISO 8601 timestamp"),
     ("SN-042 3.42 kW", "item: not an object"),
@@ -534,3 +535,10 @@ def test_energygrid_reads_need_the_read_scope(client: TestClient, keys: Keys, pa
     assert client.get(path).status_code == 401
     assert client.get(path, headers=Keys.header(keys.ingest)).status_code == 403
     assert client.get(path, headers=Keys.header(keys.admin)).status_code == 403
+
+
+def test_the_serial_rule_is_the_platforms_device_id_rule() -> None:
+    from api.readings import DEVICE_ID_PATTERN
+    from energygrid.protocol import SERIAL_PATTERN
+
+    assert SERIAL_PATTERN == DEVICE_ID_PATTERN

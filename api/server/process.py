@@ -38,13 +38,17 @@ class ApiProcess:
             command, env={**os.environ, "DATABASE_URL": database_url, "MAINTENANCE_INTERVAL_S": "0", **env},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        # Ready: the database answers and, under Granian, every worker has started. A server stopped
+        # while a worker is still starting sometimes hangs in Granian's shutdown until SIGKILL.
+        started = [] if server != "granian" else [f"Started worker-{n}" for n in range(1, workers + 1)]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
+                ready = httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            if ready and all(line in self.output() for line in started):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the API did not become ready: {self.output()[-2000:]}")

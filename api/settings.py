@@ -109,6 +109,47 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_retry_for: str = msgspec.field(default="24h", name="WEBHOOK_RETRY_FOR")
     """How long a failing delivery is retried (exponential backoff with jitter) before it is given up."""
 
+    database_read_url: str | None = msgspec.field(default=None, name="DATABASE_READ_URL")
+    """A streaming replica (hot standby) for analytics and status reads; writes, migrations and
+    aggregate refreshes stay on ``DATABASE_URL``. Unset: every read goes to the primary."""
+
+    max_replica_lag_s: float = msgspec.field(default=5.0, name="MAX_REPLICA_LAG_S")
+    """A replica further behind than this (seconds of replay lag) is skipped for the primary."""
+
+    key_cache_s: float = msgspec.field(default=300.0, name="KEY_CACHE_S")
+    """Longest time a process trusts a key it looked up before looking it up again; revocation reaches
+    every process at once through LISTEN/NOTIFY, this only bounds a missed notification."""
+
+    nats_url: str = msgspec.field(default="nats://127.0.0.1:54222", name="NATS_URL")
+    """The NATS server (JetStream) of the durable log. Defaults to the local development server."""
+
+    stream_name: str = msgspec.field(default="TELEMETRY", name="STREAM_NAME")
+    """The JetStream stream that holds the readings on their way to the database."""
+
+    stream_max_bytes: int = msgspec.field(default=4 * 1024**3, name="STREAM_MAX_BYTES")
+    """Size limit of the log; when it is full, new messages are refused (discard new): 503 to HTTP."""
+
+    stream_max_age: str = msgspec.field(default="7d", name="STREAM_MAX_AGE")
+    """Age limit of a message in the log (a backlog older than this is dropped by JetStream)."""
+
+    stream_duplicate_window: str = msgspec.field(default="10m", name="STREAM_DUPLICATE_WINDOW")
+    """Window in which a message with the same Nats-Msg-Id is recognised as a repeat and stored once."""
+
+    publish_timeout_s: float = msgspec.field(default=5.0, name="PUBLISH_TIMEOUT_S")
+    """Longest wait for JetStream's acknowledgement of a publish before answering 503."""
+
+    writer_batch: int = msgspec.field(default=5000, name="WRITER_BATCH")
+    """Most messages a writer fetches and commits in one transaction."""
+
+    writer_flush_ms: int = msgspec.field(default=200, name="WRITER_FLUSH_MS")
+    """Longest a writer waits to fill a batch before writing what it has."""
+
+    writer_host: str = msgspec.field(default="127.0.0.1", name="WRITER_HOST")
+    """Address of the writer's health and metrics endpoints."""
+
+    writer_port: int = msgspec.field(default=8001, name="WRITER_PORT")
+    """Port of the writer's health and metrics endpoints (0: none)."""
+
     sql_dir: str = msgspec.field(default=str(PROJECT_ROOT / "sql"), name="SQL_DIR")
     """Where the versioned and repeatable SQL files live."""
 
@@ -133,6 +174,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return parse_duration(self.webhook_retry_for)
 
     @property
+    def stream_max_age_td(self) -> timedelta:
+        return parse_duration(self.stream_max_age)
+
+    @property
+    def stream_duplicate_window_td(self) -> timedelta:
+        return parse_duration(self.stream_duplicate_window)
+
+    @property
     def sql_path(self) -> Path:
         return Path(self.sql_dir)
 
@@ -148,6 +197,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid setting: {exc}") from None
         settings = msgspec.structs.replace(settings, **overrides) if overrides else settings
-        for duration in (settings.alert_window, settings.alert_silence, settings.webhook_retry_for):
+        for duration in (settings.alert_window, settings.alert_silence, settings.webhook_retry_for,
+                         settings.stream_max_age, settings.stream_duplicate_window):
             parse_duration(duration)  # refuse a bad duration at start, not at first use
         return settings

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_api", "tests.fix_readings", "tests.fix_reference", "tests.fix_loadgen"]
+pytest_plugins = ["tests.fix_db", "tests.fix_api", "tests.fix_readings", "tests.fix_reference", "tests.fix_loadgen",
+                  "tests.fix_nats", "tests.fix_browser", "tests.fix_replica"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,0 +1,3 @@
+"""Browser fixtures: headless Chromium driven by Playwright."""
+
+from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The platform's command line: migrate, serve, keys, retention, maintain, alerts, energygrid.
+"""The platform's command line: migrate, serve, writer, stream, keys, retention, maintain, alerts, energygrid.
 Settings are read from the environment once, here, and passed to what each command runs."""
 
 from __future__ import annotations
@@ -26,6 +26,37 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     print(f"re-applied: {', '.join(report.repeatable)}")
     if login:
         print(f"API role: {login} (member of telemetry_app: reads and writes data, no DDL)")
+    if not args.no_stream:
+        _stream_setup(settings, args, required=False)
+    return 0
+
+
+def _stream_setup(settings: Settings, args: argparse.Namespace, required: bool = True) -> int:
+    from api.stream.log import ensure_streams_now
+
+    try:
+        for line in ensure_streams_now(settings):
+            print(f"log: {line}")
+    except Exception as exc:  # noqa: BLE001 - any failure to reach NATS is reported the same way
+        print(f"log: NATS at {_redacted(settings.nats_url)} not reachable ({type(exc).__name__}); the writer "
+              "creates the streams when it starts", file=sys.stderr)
+        return 1 if required else 0
+    return 0
+
+
+def _redacted(url: str) -> str:
+    scheme, _, rest = url.rpartition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if "@" in rest else url
+
+
+def _writer(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from api.stream.writer import run_writer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run_writer(settings))
     return 0
 
 
@@ -160,8 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="apply the SQL migrations (as MIGRATE_DATABASE_URL's role) and set up "
-                                        "the API's role (DATABASE_URL's user)").set_defaults(func=_migrate)
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations (as MIGRATE_DATABASE_URL's role), set "
+                                                  "up the API's role (DATABASE_URL's user) and the log's streams")
+    migrate.add_argument("--no-stream", action="store_true", help="leave the log (NATS_URL) alone")
+    migrate.set_defaults(func=_migrate)
+
+    commands.add_parser("writer", help="drain the log (NATS JetStream) into the database; run as many as you "
+                                       "like").set_defaults(func=_writer)
+    stream = commands.add_parser("stream", help="the log (NATS JetStream)").add_subparsers(dest="stream_command",
+                                                                                          required=True)
+    stream.add_parser("setup", help="create the streams or update them to the configured limits").set_defaults(
+        func=_stream_setup)
 
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host")

@@ -3,12 +3,13 @@ readings, changed only by telemetry.set_retention()."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
 import msgspec
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 RETENTION_SQL = "SELECT raw_readings, hourly_aggregates, late_margin, updated_at FROM telemetry.retention"
 SET_RETENTION_SQL = ("SELECT raw_readings, hourly_aggregates, late_margin, updated_at "
@@ -25,6 +26,10 @@ class Retention(msgspec.Struct, frozen=True):
     def accepted_age(self) -> timedelta:
         """The oldest reading ingest accepts: the aggregate refresh must see it before its chunk expires."""
         return self.raw_readings - self.late_margin
+
+
+# A fresh schema's row (sql/versioned/0008_retention_settings.sql).
+DEFAULT_RETENTION = Retention(timedelta(days=30), timedelta(days=730), timedelta(hours=1))
 
 
 def read_retention(conn: psycopg.Connection) -> Retention:
@@ -45,6 +50,7 @@ class RetentionCache:
         self.ttl_s = ttl_s
         self._value: Retention | None = None
         self._read_at = float("-inf")
+        self._refresh: asyncio.Task | None = None
 
     async def get(self, pool: AsyncConnectionPool) -> Retention:
         if self._value is None or time.monotonic() - self._read_at > self.ttl_s:
@@ -53,3 +59,21 @@ class RetentionCache:
                 self._value = Retention(*await cur.fetchone())
             self._read_at = time.monotonic()
         return self._value
+
+    async def get_or_last(self, pool: AsyncConnectionPool) -> Retention:
+        """For the paths that must answer while the database is down: the row read last (read again in
+        the background once stale), or, if it was never read and cannot be read now, a fresh schema's."""
+        if self._value is None:
+            try:
+                return await self.get(pool)
+            except (psycopg.Error, PoolTimeout):
+                return DEFAULT_RETENTION
+        if time.monotonic() - self._read_at > self.ttl_s and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_quietly(pool))
+        return self._value
+
+    async def _refresh_quietly(self, pool: AsyncConnectionPool) -> None:
+        try:
+            await self.get(pool)
+        except (psycopg.Error, PoolTimeout):
+            pass  # still away: the last row stays in use

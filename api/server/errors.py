@@ -15,6 +15,7 @@ from litestar.openapi.spec import Operation
 from psycopg_pool import PoolTimeout
 
 from api.readings import BadInput
+from api.stream.log import LogUnavailable
 
 log = logging.getLogger("api")
 
@@ -59,7 +60,8 @@ _MEANING = {
     413: "The body or its number of rows is over the configured limits; nothing was stored",
     415: "Unsupported content type",
     422: "Invalid input: the failing readings (the first ones) or parameters are listed; nothing was stored",
-    503: "The database is unavailable or overloaded; retry after the Retry-After header's seconds",
+    503: "The database (or, for asynchronous ingestion, the log) is unavailable or overloaded; retry after the "
+         "Retry-After header's seconds",
 }
 
 
@@ -101,6 +103,15 @@ def unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+def log_unavailable(request: Request, exc: LogUnavailable) -> Response:
+    log.warning("log unavailable: %s", exc)
+    return Response(
+        _body("unavailable", f"{exc}; retry later"),
+        status_code=503,
+        headers={"Retry-After": str(request.app.state.settings.retry_after_s)},
+    )
+
+
 def validation(_: Request, exc: ValidationException) -> Response:
     details = exc.extra if isinstance(exc.extra, list) else None
     return Response(_body("invalid_input", exc.detail, details), status_code=422)
@@ -124,6 +135,7 @@ def unexpected(_: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     BadInput: bad_input,
     **{kind: unavailable for kind in UNAVAILABLE},
+    LogUnavailable: log_unavailable,
     ValidationException: validation,
     HTTPException: http_error,
     Exception: unexpected,

@@ -6,21 +6,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 
 from api.db.ingest import READINGS, IngestResult, ingest_batch
 from api.readings import STREAMS, BadInput, Batch, Limits, MeterReading, VehicleReading, parse_body, validate_batch
 from api.server.dependencies import AppSettings
+from litestar.openapi import ResponseSpec
+
 from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 from api.settings import Settings
+from api.stream.log import LogUnavailable, batch_messages, publish
 
 _DESCRIPTION = (
     "Body: one reading or a JSON array of them (`application/json`), one reading per line "
     "(`application/x-ndjson`), or `text/csv` with a header row of the field names. The whole request is "
     "one transaction: a rejected request writes nothing. Readings already stored (same device and "
-    "timestamp) are counted as duplicates and ignored, so retries are safe."
+    "timestamp) are counted as duplicates and ignored, so retries are safe.\n\n"
+    "With `Prefer: respond-async` (RFC 7240) the validated readings are written to the durable log "
+    "(NATS JetStream) instead, and the answer is `202 {\"accepted\": N}` once the log has stored them; the "
+    "writers commit them to the database shortly after (also while the database is down). Validation and "
+    "the `4xx` answers are the same; a full or unreachable log answers `503` with `Retry-After`."
 )
 
 
@@ -58,19 +65,40 @@ def _operation(stream: str | None) -> type[ErrorDocumentedOperation]:
     return IngestOperation
 
 
-async def _ingest(request: Request, state: State, settings: Settings, stream: str | None) -> IngestResult:
+class Accepted(msgspec.Struct):
+    accepted: int
+    """Readings the log has stored; the writers commit them to the database."""
+
+
+def wants_async(request: Request) -> bool:
+    """RFC 7240: ``Prefer: respond-async`` (among other preferences, any case)."""
+    return any(part.split("=")[0].strip().lower() == "respond-async"
+               for value in request.headers.getall("prefer", []) for part in value.split(","))
+
+
+async def _ingest(request: Request, state: State, settings: Settings,
+                  stream: str | None) -> Response[IngestResult]:
     body = await request.body()
-    retention = await state.retention.get(state.pool)
+    asynchronous = wants_async(request)
+    # The asynchronous path must answer while the database is down: it validates with the retention it
+    # read last (the writers check again against the current one).
+    retention = await (state.retention.get_or_last(state.pool) if asynchronous else state.retention.get(state.pool))
     try:
         rows = parse_body(body, request.headers.get("content-type", ""), stream)
         batch: Batch = validate_batch(rows, Limits(settings.max_rows, settings.max_future_skew, retention.accepted_age))
     except BadInput:
         READINGS.labels(stream or "mixed", "rejected_request").inc()
         raise
-    return await ingest_batch(state.pool, batch)
+    if asynchronous:
+        await publish(state.nats, batch_messages(batch), settings.publish_timeout_s)
+        return Response(Accepted(len(batch)), status_code=202,  # type: ignore[return-value]
+                        headers={"Preference-Applied": "respond-async"})
+    return Response(await ingest_batch(state.pool, batch), status_code=200)
 
 
-_RESPONSES = error_responses(401, 403, 413, 415, 422, 503)
+_RESPONSES = {**error_responses(401, 403, 413, 415, 422, 503),
+              202: ResponseSpec(data_container=Accepted, description="With `Prefer: respond-async`: the readings are "
+                                "stored in the durable log; the writers commit them to the database")}
 
 
 class TelemetryController(Controller):
@@ -82,13 +110,13 @@ class TelemetryController(Controller):
     @post("/meters", status_code=200, summary="Ingest smart meter readings (AC)", description=_DESCRIPTION,
           response_description="Counts of new and duplicate readings, after commit",
           operation_class=_operation("meters"), responses=_RESPONSES)
-    async def meters(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+    async def meters(self, request: Request, state: State, settings: AppSettings) -> Response[IngestResult]:
         return await _ingest(request, state, settings, "meters")
 
     @post("/vehicles", status_code=200, summary="Ingest vehicle readings (DC)", description=_DESCRIPTION,
           response_description="Counts of new and duplicate readings, after commit",
           operation_class=_operation("vehicles"), responses=_RESPONSES)
-    async def vehicles(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+    async def vehicles(self, request: Request, state: State, settings: AppSettings) -> Response[IngestResult]:
         return await _ingest(request, state, settings, "vehicles")
 
     @post("/", status_code=200, summary="Ingest a JSON array mixing meter and vehicle readings",
@@ -96,5 +124,5 @@ class TelemetryController(Controller):
                       "is an error). " + _DESCRIPTION,
           response_description="Counts of new and duplicate readings, after commit",
           operation_class=_operation(None), responses=_RESPONSES)
-    async def mixed(self, request: Request, state: State, settings: AppSettings) -> IngestResult:
+    async def mixed(self, request: Request, state: State, settings: AppSettings) -> Response[IngestResult]:
         return await _ingest(request, state, settings, None)

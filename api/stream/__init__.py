@@ -1,0 +1,1 @@
+"""The durable log (NATS JetStream) and the batch writers behind it."""

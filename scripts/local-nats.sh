@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A project-local NATS server (JetStream on file storage, and its MQTT listener), as local-db.sh is for
+# PostgreSQL: `scripts/local-nats.sh` starts it when it is not running, `scripts/local-nats.sh stop`
+# stops it. Settings from the environment: NATS_DIR (default .local/nats), NATS_PORT (54222),
+# MQTT_PORT (51883). The last line printed is NATS_URL=... (with the service user's credentials).
+# Users: the service user (API and writers) is generated here once; the MQTT users (one per API key
+# with the ingest scope) are written into auth.conf by `python -m api broker-users`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_DIR="$(realpath -m "${NATS_DIR:-.local/nats}")"
+NATS_PORT="${NATS_PORT:-54222}"
+MQTT_PORT="${MQTT_PORT:-51883}"
+NATS_SERVER="${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
+PID_FILE="$NATS_DIR/nats.pid"
+
+running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
+
+case "${1:-start}" in
+stop)
+    if running; then
+        pid="$(cat "$PID_FILE")"
+        kill "$pid"
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        echo "local-nats: stopped"
+    fi
+    exit 0
+    ;;
+start) ;;
+*) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac
+
+if [ -n "${NATS_URL:-}" ]; then
+    echo "local-nats: NATS_URL is set; using it instead of a local server"
+    echo "NATS_URL=$NATS_URL"
+    exit 0
+fi
+if [ ! -x "$NATS_SERVER" ]; then
+    echo "local-nats: nats-server is not installed (make nats installs Debian's package)" >&2
+    exit 1
+fi
+
+mkdir -p "$NATS_DIR"
+chmod 700 "$NATS_DIR"
+if [ ! -s "$NATS_DIR/service-password" ]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NATS_DIR/service-password")
+fi
+PASSWORD="$(cat "$NATS_DIR/service-password")"
+if [ ! -s "$NATS_DIR/auth.conf" ]; then
+    (umask 077; cat >"$NATS_DIR/auth.conf" <<CONF
+authorization {
+  users = [
+    {user: "telemetry", password: "$PASSWORD"}
+  ]
+}
+CONF
+)
+fi
+cat >"$NATS_DIR/nats.conf" <<CONF
+# Written by scripts/local-nats.sh: the project's local NATS server.
+server_name: "telemetry-local"
+listen: "127.0.0.1:$NATS_PORT"
+pid_file: "$PID_FILE"
+jetstream {
+  store_dir: "$NATS_DIR"
+}
+mqtt {
+  listen: "127.0.0.1:$MQTT_PORT"
+}
+include "auth.conf"
+CONF
+
+if ! running; then
+    echo "local-nats: starting nats-server on 127.0.0.1:$NATS_PORT, MQTT on 127.0.0.1:$MQTT_PORT (log: $NATS_DIR/nats.log)"
+    setsid "$NATS_SERVER" -c "$NATS_DIR/nats.conf" -l "$NATS_DIR/nats.log" </dev/null >/dev/null 2>&1 &
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then
+        echo "local-nats: nats-server did not start; see $NATS_DIR/nats.log" >&2
+        tail -n 20 "$NATS_DIR/nats.log" >&2 || true
+        exit 1
+    fi
+fi
+echo "local-nats: ready: MQTT on mqtt://127.0.0.1:$MQTT_PORT"
+echo "NATS_URL=nats://telemetry:$PASSWORD@127.0.0.1:$NATS_PORT"

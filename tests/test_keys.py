@@ -1,22 +1,38 @@
-"""API keys: every request is authenticated against the stored keys (hashed, revocable at once) and
+"""API keys: every request is authenticated against the stored keys (hashed, revocable within a
+second on every worker: each process caches lookups and hears changes through LISTEN/NOTIFY) and
 each operation needs its scope; admin keys manage keys over HTTP (POST, GET and DELETE /v1/keys)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import secrets
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import psycopg
 import pytest
 from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
-from api.db.keys import revoke_key, split_key
-from tests.fix_api import Keys, count_rows
+from api.db.keys import KeyCache, revoke_key, split_key
+from api.db.pool import create_pool
+from api.server.process import ApiProcess
+from tests.fix_api import Keys, count_rows, settings_for
 from tests.fix_readings import meter
 
 KEYS = "/v1/keys"
 M = "/v1/telemetry/meters"
+# Answered 404 to a valid read key (no such meter), 403 to a valid key without the read scope,
+# 401 once the key is revoked; it writes nothing.
+STATUS = "/v1/meters/MTR-NONE/status"
+REVOCATION_BOUND_S = 1.0
+WORKERS = 2
+LISTENERS = ("SELECT pid FROM pg_stat_activity WHERE application_name = 'telemetry-api-keys' "
+             "AND datname = current_database()")
 
 
 def create(client: TestClient, admin: str, scopes: list[str], name: str | None = None) -> dict:
@@ -30,6 +46,14 @@ def stored(conn: psycopg.Connection) -> dict[str, tuple]:
     """key_id -> (secret_hash, scopes, name, revoked_at), and the whole row as text."""
     rows = conn.execute("SELECT key_id, secret_hash, scopes, name, revoked_at, t::text FROM telemetry.api_keys t")
     return {row[0]: row[1:] for row in rows}
+
+
+def refused_within(status: Callable[[], int], seconds: float = REVOCATION_BOUND_S) -> float:
+    """Asks until the answer is 401 and returns how long that took; fails once `seconds` have passed."""
+    started = time.monotonic()
+    while (answer := status()) != 401:
+        assert time.monotonic() - started < seconds, f"the revoked key still got {answer} after {seconds} s"
+    return time.monotonic() - started
 
 
 def strings_in(value: object) -> list[str]:
@@ -76,11 +100,15 @@ def test_a_key_without_the_scope_is_403(client: TestClient, keys: Keys, conn) ->
     assert count_rows(conn) == {k: 0 for k in count_rows(conn)}
 
 
-def test_a_key_revoked_from_the_command_line_stops_working_at_once(client: TestClient, keys: Keys, database) -> None:
+def test_a_key_revoked_from_the_command_line_stops_working_within_a_second(
+    client: TestClient, keys: Keys, database, conn
+) -> None:
     assert client.post(M, json=[meter(0)], headers=Keys.header(keys.ingest)).status_code == 200
     key_id, _ = split_key(keys.ingest)
     assert revoke_key(database.url, key_id)
+    refused_within(lambda: client.get(STATUS, headers=Keys.header(keys.ingest)).status_code)
     assert client.post(M, json=[meter(1)], headers=Keys.header(keys.ingest)).status_code == 401
+    assert count_rows(conn)["meter_readings"] == 1
 
 
 def test_keys_are_stored_hashed(keys: Keys, conn) -> None:
@@ -160,7 +188,7 @@ def test_the_list_shows_every_key_and_never_a_secret(client: TestClient, keys: K
     assert not any(secret in value for value in strings_in(response.json()) for secret in secrets)
 
 
-def test_a_revoked_key_is_refused_at_once_and_listed_only_with_include_revoked(
+def test_a_revoked_key_is_refused_within_a_second_and_listed_only_with_include_revoked(
     client: TestClient, keys: Keys, conn
 ) -> None:
     created = create(client, keys.admin, ["ingest"])
@@ -171,6 +199,7 @@ def test_a_revoked_key_is_refused_at_once_and_listed_only_with_include_revoked(
 
     assert revoked.status_code == 204 and revoked.content == b""
     assert stored(conn)[key_id][3] is not None
+    refused_within(lambda: client.get(STATUS, headers=Keys.header(key)).status_code)
     refused = client.post(M, json=[meter(1)], headers=Keys.header(key))
     assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
     again = client.delete(f"{KEYS}/{key_id}", headers=Keys.header(keys.admin))
@@ -189,7 +218,7 @@ def test_a_revoked_key_is_refused_at_once_and_listed_only_with_include_revoked(
 def test_an_admin_key_can_revoke_itself(client: TestClient, keys: Keys) -> None:
     admin_id, _ = split_key(keys.admin)
     assert client.delete(f"{KEYS}/{admin_id}", headers=Keys.header(keys.admin)).status_code == 204
-    assert client.get(KEYS, headers=Keys.header(keys.admin)).status_code == 401
+    refused_within(lambda: client.get(KEYS, headers=Keys.header(keys.admin)).status_code)
     assert admin_id not in {k["keyId"] for k in client.get(KEYS, headers=Keys.header(keys.all)).json()["keys"]}
 
 
@@ -245,3 +274,102 @@ def test_revoking_an_unknown_or_malformed_key_id_revokes_nothing(
     assert response.status_code == status, response.text
     assert response.json()["error"] == ("not_found" if status == 404 else "invalid_input")
     assert stored(conn) == before
+
+
+# The key cache: every worker process caches lookups and forgets a key when the database notifies a change
+
+
+def per_worker(server: ApiProcess, name: str) -> dict[str, float]:
+    """A per-process gauge of every worker (scraped over a new connection): pid -> value."""
+    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return {s.labels["pid"]: s.value for family in text_string_to_metric_families(response.text)
+            for s in family.samples if s.name == name}
+
+
+def status_over_a_new_connection(server: ApiProcess, key: str) -> int:
+    """A new connection each time, so that the kernel hands the requests to any worker."""
+    return httpx.get(f"{server.url}{STATUS}", headers=Keys.header(key), timeout=10).status_code
+
+
+def serving_with_warm_caches(live_server_factory: Callable[..., ApiProcess], key: str) -> ApiProcess:
+    """A server of WORKERS processes, each listening for key changes and holding `key` in its cache."""
+    server = live_server_factory(workers=WORKERS)
+    deadline = time.monotonic() + 30
+    while list(per_worker(server, "telemetry_api_key_listener_up").values()).count(1) < WORKERS:
+        assert time.monotonic() < deadline, "the workers did not all start listening for key changes"
+    while len([n for n in per_worker(server, "telemetry_api_key_cache_entries").values() if n >= 1]) < WORKERS:
+        assert status_over_a_new_connection(server, key) == 404
+        assert time.monotonic() < deadline, "the requests did not reach every worker"
+    return server
+
+
+def assert_refused_by_every_worker(server: ApiProcess, key: str) -> None:
+    refused_within(lambda: status_over_a_new_connection(server, key))
+    # Then every worker refuses it: no process still trusts its cached copy (KEY_CACHE_S is 300 s).
+    assert [status_over_a_new_connection(server, key) for _ in range(8 * WORKERS)] == [401] * 8 * WORKERS
+
+
+@pytest.mark.parametrize("how", ["http", "sql"])
+def test_a_revoked_key_stops_working_within_a_second_on_every_worker(
+    live_server_factory, keys: Keys, conn, how: str
+) -> None:
+    server = serving_with_warm_caches(live_server_factory, keys.read)
+    key_id, _ = split_key(keys.read)
+
+    if how == "http":
+        revoked = httpx.delete(f"{server.url}{KEYS}/{key_id}", headers=Keys.header(keys.admin), timeout=10)
+        assert revoked.status_code == 204
+    else:
+        assert conn.execute("UPDATE telemetry.api_keys SET revoked_at = now() WHERE key_id = %s",
+                            (key_id,)).rowcount == 1
+
+    assert_refused_by_every_worker(server, keys.read)
+    assert status_over_a_new_connection(server, keys.all) == 404  # other keys still work
+
+
+def test_the_cache_does_not_outlive_a_lost_listener(live_server_factory, keys: Keys, conn) -> None:
+    server = serving_with_warm_caches(live_server_factory, keys.read)
+    key_id, _ = split_key(keys.read)
+    listeners = [pid for (pid,) in conn.execute(LISTENERS)]
+    assert len(listeners) == WORKERS
+
+    # The revocation commits after every listener is gone: no worker is ever notified of it.
+    with conn.transaction():
+        terminated = conn.execute(f"SELECT pg_terminate_backend(pid, 5000) FROM ({LISTENERS}) l").fetchall()
+        conn.execute("UPDATE telemetry.api_keys SET revoked_at = now() WHERE key_id = %s", (key_id,))
+    assert terminated == [(True,)] * WORKERS
+
+    assert_refused_by_every_worker(server, keys.read)
+    # The workers listen again (on new connections) and cache again.
+    def listening_again() -> bool:
+        now = {pid for (pid,) in conn.execute(LISTENERS)}
+        return len(now) == WORKERS and not now & set(listeners)
+
+    deadline = time.monotonic() + 30
+    while not listening_again():
+        assert time.monotonic() < deadline, "the workers did not listen again"
+    while list(per_worker(server, "telemetry_api_key_listener_up").values()).count(1) < WORKERS:
+        assert time.monotonic() < deadline, "the workers did not trust their caches again"
+    assert status_over_a_new_connection(server, keys.all) == 404
+
+
+def test_unknown_key_ids_are_cached_in_bounded_memory(database, keys: Keys) -> None:
+    async def scenario() -> tuple[list, int, int]:
+        pool = create_pool(settings_for(database))
+        await pool.open(wait=True)
+        try:
+            cache = KeyCache(ttl_s=300, max_entries=16)
+            cache.trust(True)  # as the listener does once it listens
+            answers = [await cache.lookup(pool, secrets.token_hex(6)) for _ in range(200)]
+            known_id, known_secret = split_key(keys.read)
+            stored = await cache.lookup(pool, known_id)
+            again = await cache.lookup(pool, known_id)
+            return answers, len(cache), int(stored is again and stored.scopes_for(known_secret) == {"read"})
+        finally:
+            await pool.close()
+
+    answers, size, cached = asyncio.run(scenario())
+    assert answers == [None] * 200
+    assert size == 16 + 1  # the bound of unknown ids, and the one real key
+    assert cached == 1

@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
                         AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController],
-        lifespan=[database],
+        lifespan=[database, ApiKeyAuthentication.lifespan(settings)],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,18 +1,26 @@
-"""Authentication (Bearer API keys, looked up on every request so revocation is immediate) and
-scope guards."""
+"""Authentication (Bearer API keys, looked up through this process's key cache, which hears every
+key change at once through LISTEN/NOTIFY) and scope guards."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from api.db.keys import ACTIVE_KEY_SQL, KeyFormatError, secret_matches, split_key
+from api.db.keys import KeyCache, KeyFormatError, listen_for_key_changes, split_key
 
-OPEN_PATHS = ["^/health", "^/metrics", "^/schema"]
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from api.settings import Settings
+
+OPEN_PATHS = ["^/health", "^/metrics", "^/schema", "^/$", "^/dashboard/"]
 SECURITY_SCHEME = "apiKey"
 # The OpenAPI security requirement of every operation outside OPEN_PATHS.
 BEARER = [{SECURITY_SCHEME: []}]
@@ -28,13 +36,30 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
             key_id, secret = split_key(token.strip())
         except KeyFormatError:
             raise NotAuthorizedException("unknown API key", headers=_CHALLENGE) from None
-        pool = connection.app.state.pool
-        async with pool.connection() as conn:
-            cur = await conn.execute(ACTIVE_KEY_SQL, (key_id,))
-            row = await cur.fetchone()
-        if row is None or not secret_matches(secret, row[0]):
+        state = connection.app.state
+        stored = await state.key_cache.lookup(state.pool, key_id)
+        scopes = None if stored is None else stored.scopes_for(secret)
+        if scopes is None:
             raise NotAuthorizedException("unknown API key", headers=_CHALLENGE)
-        return AuthenticationResult(user=key_id, auth=frozenset(row[1]))
+        return AuthenticationResult(user=key_id, auth=scopes)
+
+    @staticmethod
+    def lifespan(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]:
+        """The app's lifespan entry for the key cache: app.state.key_cache, and the task that keeps
+        it current (one listening connection per worker process)."""
+
+        @contextlib.asynccontextmanager
+        async def key_cache(app: Litestar) -> AsyncIterator[None]:
+            app.state.key_cache = cache = KeyCache(settings.key_cache_s)
+            listener = asyncio.create_task(listen_for_key_changes(settings.database_url, cache))
+            try:
+                yield
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+        return key_cache
 
 
 def requires(scope: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:

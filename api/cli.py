@@ -77,6 +77,7 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     key_id, key = create_key(settings.database_url, scopes, args.name)
+    _enable_mqtt(settings, key_id, key, scopes)
     print(f"created key {key_id} with scopes {','.join(scopes)}; it is shown only once:")
     print(key)
     return 0
@@ -93,6 +94,7 @@ def _keys_ensure(settings: Settings, args: argparse.Namespace) -> int:
         print(path.read_text().strip())
         return 0
     key_id, key = create_key(settings.database_url, scopes, args.name)
+    _enable_mqtt(settings, key_id, key, scopes)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created with 0600 from the start: the secret is never readable by others, not even briefly.
     path.unlink(missing_ok=True)
@@ -102,6 +104,23 @@ def _keys_ensure(settings: Settings, args: argparse.Namespace) -> int:
     print(f"created key {key_id} with scopes {','.join(scopes)}, kept in {path}")
     print(key)
     return 0
+
+
+def _enable_mqtt(settings: Settings, key_id: str, key: str, scopes: list[str]) -> None:
+    import psycopg
+
+    from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash_for
+
+    hashed = broker_hash_for(key, scopes)
+    if hashed:
+        with psycopg.connect(settings.database_url) as conn:
+            conn.execute(SET_BROKER_HASH_SQL, (hashed, key_id))
+
+
+def _broker_users(settings: Settings, args: argparse.Namespace) -> int:
+    from api.stream.broker import main_watch
+
+    return main_watch(settings, args.file, args.pid_file, args.watch)
 
 
 def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -200,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "like").set_defaults(func=_writer)
     stream = commands.add_parser("stream", help="the log (NATS JetStream)").add_subparsers(dest="stream_command",
                                                                                           required=True)
+    users = commands.add_parser("broker-users", help="write the MQTT broker's users (one per ingest key) into a NATS "
+                                                     "configuration file, and keep it current with --watch")
+    users.add_argument("--file", required=True, help="the file NATS includes (e.g. .local/nats/auth.conf)")
+    users.add_argument("--pid-file", help="NATS's pid file: the server is told to reload after each change")
+    users.add_argument("--watch", action="store_true", help="keep running: rewrite at every key change")
+    users.set_defaults(func=_broker_users)
     stream.add_parser("setup", help="create the streams or update them to the configured limits").set_defaults(
         func=_stream_setup)
 

@@ -3,6 +3,7 @@ secret), revoke a key."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import msgspec
@@ -15,6 +16,7 @@ from api.db.keys import INSERT_KEY_SQL, LIST_KEYS_SQL, REVOKE_KEY_SQL, SCOPES, K
 from api.db.pool import fetch_all
 from api.readings import BadInput
 from api.server.errors import ErrorDocumentedOperation, error_responses
+from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash_for
 from api.server.security import BEARER, requires
 
 Scope = Annotated[str, msgspec.Meta(pattern="^(ingest|read|admin)$")]
@@ -54,9 +56,13 @@ class KeyController(Controller):
         except ValueError as exc:
             raise BadInput(422, str(exc)) from None
         key_id, key, secret_hash = new_key()
-        async with state.pool.connection() as conn:
+        # The MQTT broker's password hash (bcrypt, deliberately slow): off the event loop.
+        hashed = await asyncio.to_thread(broker_hash_for, key, scopes)
+        async with state.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(INSERT_KEY_SQL, (key_id, secret_hash, scopes, data.name))
             (created_at,) = await cur.fetchone()
+            if hashed:
+                await conn.execute(SET_BROKER_HASH_SQL, (hashed, key_id))
         return CreatedKey(key_id, data.name, scopes, created_at, key=key)
 
     @get("/", summary="List the API keys (never their secrets)", responses=error_responses(401, 403, 422, 503),

@@ -144,6 +144,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     writer_flush_ms: int = msgspec.field(default=200, name="WRITER_FLUSH_MS")
     """Longest a writer waits to fill a batch before writing what it has."""
 
+    writer_ack_wait_s: float = msgspec.field(default=60.0, name="WRITER_ACK_WAIT_S")
+    """A batch a writer has not acknowledged within this time (the writer died) goes to another writer."""
+
     writer_host: str = msgspec.field(default="127.0.0.1", name="WRITER_HOST")
     """Address of the writer's health and metrics endpoints."""
 

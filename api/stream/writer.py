@@ -67,7 +67,7 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         durable_name=CONSUMER,
         description="Batch writers into TimescaleDB (shared by every writer process)",
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=60,  # a batch not acknowledged within a minute (its writer died) goes to another writer
+        ack_wait=settings.writer_ack_wait_s,  # not acknowledged by then (its writer died): to another writer
         max_deliver=-1,  # a database outage must never turn readings into dead letters
         max_ack_pending=max(settings.writer_batch * 16, 20_000),
         max_waiting=512,

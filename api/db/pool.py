@@ -23,8 +23,20 @@ def session_options(settings: Settings) -> str:
 
 
 def create_pool(settings: Settings) -> AsyncConnectionPool:
+    """The primary's pool: every write, and the reads that must see them."""
+    return _pool(settings, settings.database_url, name="telemetry", application_name="telemetry-api",
+                 configure=_configure)
+
+
+def create_read_pool(settings: Settings, url: str) -> AsyncConnectionPool:
+    """The replica's pool (DATABASE_READ_URL), with the primary pool's options but no staging tables:
+    a hot standby refuses to create even temporary tables, and nothing is written there."""
+    return _pool(settings, url, name="telemetry-replica", application_name="telemetry-api-read", configure=None)
+
+
+def _pool(settings: Settings, url: str, *, name: str, application_name: str, configure: Any) -> AsyncConnectionPool:
     return AsyncConnectionPool(
-        settings.database_url,
+        url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_s,
@@ -33,15 +45,15 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
             # Every write that needs more than one statement opens conn.transaction() itself.
             "autocommit": True,
             "options": session_options(settings),
-            "application_name": "telemetry-api",
+            "application_name": application_name,
             "connect_timeout": max(1, int(settings.pool_timeout_s)),
         },
-        configure=_configure,
+        configure=configure,
         # No check on checkout: it costs a round trip per request. A connection broken by a server
         # restart fails its one request with 503 (api/errors.py) and the pool discards it.
         reconnect_timeout=0,  # keep trying to reconnect for as long as the database is away
         open=False,
-        name="telemetry",
+        name=name,
     )
 
 

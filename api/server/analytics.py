@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter, QueryParameter
@@ -15,8 +15,7 @@ from sqlalchemy import Float, Integer, Interval, Text, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import DateTime
 
-from api.db.pool import fetch_all
-from api.server.devices import PathDeviceId
+from api.server.devices import READ_HEADERS, PathDeviceId, served
 from api.readings import BadInput
 from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
@@ -140,47 +139,51 @@ class AnalyticsController(Controller):
     security = BEARER
 
     @get("/performance/{vehicle_id:str}", summary="Charging efficiency of one vehicle over a window",
-         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
     async def performance(self, state: State, settings: AppSettings, vehicle_id: PathDeviceId, start: From = None,
-                          end: To = None) -> Performance:
+                          end: To = None) -> Response[Performance]:
         start, end = _window_params(start, end)
-        rows = await fetch_all(state.pool, PERFORMANCE_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
-                                                     **_thresholds_params(settings)})
+        rows, headers = await state.reads.fetch_all(PERFORMANCE_SQL, {"vehicle": vehicle_id, "from": start,
+                                                                      "to": end, **_thresholds_params(settings)})
         if not rows:
-            (known,) = (await fetch_all(state.pool, VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id}))[0]
-            if not known:
-                raise NotFoundException(f"no readings and no meter link for vehicle {vehicle_id!r}")
+            known, headers = await state.reads.fetch_all(VEHICLE_EXISTS_SQL, {"vehicle": vehicle_id})
+            if not known[0][0]:
+                raise NotFoundException(f"no readings and no meter link for vehicle {vehicle_id!r}",
+                                        headers=dict(headers))
             rows = [(vehicle_id, None, False, 0.0, 0.0, 0.0, None, None, 0, 0, "insufficient_data")]
         (vid, meter_id, linked, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict) = rows[0]
         note = None if linked else (
             f"vehicle {vid!r} has no meter link in this window; link it with PUT /v1/vehicles/{vid}/meter")
-        return Performance(vid, meter_id, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict, from_=start, to=end,
-                           note=note)
+        return served(Performance(vid, meter_id, ac, dc, loss, eff, temp, meter_n, vehicle_n, verdict,
+                                  from_=start, to=end, note=note), headers)
 
     @get("/fleet", summary="Fleet totals, vehicles per verdict and the worst chargers",
-         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation)
+         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
     async def fleet(self, state: State, settings: AppSettings, start: From = None, end: To = None,
-                    worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Fleet:
+                    worst: Annotated[int, Parameter(ge=0, le=1000)] = 10) -> Response[Fleet]:
         start, end = _window_params(start, end)
-        rows = await fetch_all(state.pool, FLEET_SQL, {"from": start, "to": end, "worst": worst,
-                                               **_thresholds_params(settings)})
+        rows, headers = await state.reads.fetch_all(FLEET_SQL, {"from": start, "to": end, "worst": worst,
+                                                                **_thresholds_params(settings)})
         (vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts, ranked) = rows[0]
-        return Fleet(
+        return served(Fleet(
             start, end, vehicles, linked, ac, dc, loss, eff, unlinked_dc, meter_n, vehicle_n, verdicts,
             [VehicleRank(r["vehicle_id"], r["meter_id"], r["ac_kwh"], r["dc_kwh"], r["loss_kwh"], r["efficiency"],
                          r["avg_battery_temp"], r["meter_readings"], r["vehicle_readings"], r["verdict"])
              for r in ranked],
-        )
+        ), headers)
 
     @get("/vehicles/{vehicle_id:str}/series", summary="AC, DC, efficiency and battery temperature per bucket",
-         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation)
+         responses=error_responses(401, 403, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
     async def series(self, state: State, vehicle_id: PathDeviceId, start: From = None, end: To = None,
-                     bucket: Annotated[str, Parameter(description="1h, 1d or 1w")] = "1h") -> Series:
+                     bucket: Annotated[str, Parameter(description="1h, 1d or 1w")] = "1h") -> Response[Series]:
         start, end = _window_params(start, end)
         if bucket not in BUCKETS:
             raise BadInput(422, f"bucket must be one of {', '.join(BUCKETS)}")
         if (end - start) / BUCKETS[bucket] > MAX_SERIES_BUCKETS:
             raise BadInput(422, f"more than {MAX_SERIES_BUCKETS} buckets: use a larger bucket or a smaller window")
-        rows = await fetch_all(state.pool, SERIES_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
-                                                "bucket": BUCKETS[bucket]})
-        return Series(vehicle_id, start, end, bucket, [SeriesPoint(*row) for row in rows])
+        rows, headers = await state.reads.fetch_all(SERIES_SQL, {"vehicle": vehicle_id, "from": start, "to": end,
+                                                                 "bucket": BUCKETS[bucket]})
+        return served(Series(vehicle_id, start, end, bucket, [SeriesPoint(*row) for row in rows]), headers)

@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from api.db.pool import create_pool
+from api.db.replica import read_replica
 from api.db.retention import RetentionCache
 from api.ops.alerts import evaluate_periodically
 from api.ops.maintenance import run_maintenance_periodically
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
                         AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController],
-        lifespan=[database, ApiKeyAuthentication.lifespan(settings)],
+        lifespan=[database, ApiKeyAuthentication.lifespan(settings), read_replica],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,

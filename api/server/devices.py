@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 import psycopg
-from litestar import Controller, delete, get, put
-from litestar.datastructures import State
+from litestar import Controller, Response, delete, get, put
+from litestar.datastructures import ResponseHeader, State
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, Parameter, QueryParameter
 
 from api.db.pool import fetch_all
+from api.db.replica import REPLICA_LAG, REPLICA_SKIPPED, SERVED_BY
 from api.readings import DEVICE_ID_PATTERN, BadInput, DeviceId, Timestamp
 from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
@@ -21,6 +23,26 @@ from api.server.dependencies import AppSettings
 LinkEnd = Annotated[datetime | None, QueryParameter(
     name="at", description="When the link ends (RFC 3339, after its start); default: now")]
 PathDeviceId = Annotated[str, Parameter(pattern=DEVICE_ID_PATTERN, max_length=64, description="Device id")]
+
+READ_HEADERS = [
+    ResponseHeader(name=SERVED_BY, documentation_only=True, required=True,
+                   description="`primary` or `replica`: which database answered (DATABASE_READ_URL)."),
+    ResponseHeader(name=REPLICA_LAG, documentation_only=True,
+                   description="The replica's replay lag in seconds, as last measured: sent when the replica "
+                               "answered, and when it was skipped for lagging more than MAX_REPLICA_LAG_S."),
+    ResponseHeader(name=REPLICA_SKIPPED, documentation_only=True,
+                   description="Why the configured replica did not answer: `lagging`, `paused`, `unreachable`, "
+                               "`failed`, `not_in_recovery` or `unmeasured`."),
+]
+"""OpenAPI documentation of the headers of every operation that reads through the replica router
+(api/db/replica.py): analytics, device status and EnergyGrid reads."""
+
+Body = TypeVar("Body")
+
+
+def served(body: Body, headers: Mapping[str, str]) -> Response[Body]:
+    """An answer of a routed read, with the headers that say which database served it."""
+    return Response(body, headers=headers)
 
 
 class MeterStatus(msgspec.Struct, rename="camel"):
@@ -103,11 +125,11 @@ _VEHICLE_STATUS = ("SELECT vehicle_id, soc, kwh_delivered_dc, battery_temp, time
                    "FROM telemetry.vehicle_state WHERE vehicle_id = %s")
 
 
-async def _latest(state: State, sql: str, device_id: str, kind: str) -> tuple:
-    rows = await fetch_all(state.pool, sql, (device_id,))
+async def _latest(state: State, sql: str, device_id: str, kind: str) -> tuple[tuple, Mapping[str, str]]:
+    rows, headers = await state.reads.fetch_all(sql, (device_id,))
     if not rows:
-        raise NotFoundException(f"no readings from {kind} {device_id!r}")
-    return rows[0]
+        raise NotFoundException(f"no readings from {kind} {device_id!r}", headers=dict(headers))
+    return rows[0], headers
 
 
 async def _link(state: State, links: list[BulkLink]) -> list[Link]:
@@ -129,14 +151,18 @@ class DeviceController(Controller):
     security = BEARER
 
     @get("/meters/{meter_id:str}/status", guards=[requires("read")], summary="Latest reading of a meter",
-         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
-    async def meter_status(self, state: State, meter_id: PathDeviceId) -> MeterStatus:
-        return MeterStatus(*await _latest(state, _METER_STATUS, meter_id, "meter"))
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
+    async def meter_status(self, state: State, meter_id: PathDeviceId) -> Response[MeterStatus]:
+        row, headers = await _latest(state, _METER_STATUS, meter_id, "meter")
+        return served(MeterStatus(*row), headers)
 
     @get("/vehicles/{vehicle_id:str}/status", guards=[requires("read")], summary="Latest reading of a vehicle",
-         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
-    async def vehicle_status(self, state: State, vehicle_id: PathDeviceId) -> VehicleStatus:
-        return VehicleStatus(*await _latest(state, _VEHICLE_STATUS, vehicle_id, "vehicle"))
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
+    async def vehicle_status(self, state: State, vehicle_id: PathDeviceId) -> Response[VehicleStatus]:
+        row, headers = await _latest(state, _VEHICLE_STATUS, vehicle_id, "vehicle")
+        return served(VehicleStatus(*row), headers)
 
     @put("/vehicles/{vehicle_id:str}/meter", guards=[requires("ingest")],
          summary="Link a vehicle to the meter that feeds its charger",

@@ -7,14 +7,13 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
-from api.db.pool import fetch_all
 from api.server.analytics import From, To, _window_params
-from api.server.devices import PathDeviceId
+from api.server.devices import READ_HEADERS, PathDeviceId, served
 from api.server.errors import ErrorDocumentedOperation, error_responses
 from api.server.security import BEARER, requires
 
@@ -58,20 +57,24 @@ class EnergyGridController(Controller):
     security = BEARER
 
     @get("/devices", summary="The latest reading of every EnergyGrid device",
-         responses=error_responses(401, 403, 503), operation_class=ErrorDocumentedOperation)
-    async def devices(self, state: State) -> EnergyGridDevices:
-        return EnergyGridDevices([_reading(row) for row in await fetch_all(state.pool, _LATEST)])
+         responses=error_responses(401, 403, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
+    async def devices(self, state: State) -> Response[EnergyGridDevices]:
+        rows, headers = await state.reads.fetch_all(_LATEST)
+        return served(EnergyGridDevices([_reading(row) for row in rows]), headers)
 
     @get("/devices/{sn:str}/readings", summary="One EnergyGrid device's readings over a window",
-         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation)
+         responses=error_responses(401, 403, 404, 422, 503), operation_class=ErrorDocumentedOperation,
+         response_headers=READ_HEADERS)
     async def readings(self, state: State, sn: PathDeviceId, start: From = None, end: To = None,
                        limit: Annotated[int, Parameter(ge=1, le=100_000, description="Most readings")] = 10_000,
-                       ) -> EnergyGridReadings:
+                       ) -> Response[EnergyGridReadings]:
         start, end = _window_params(start, end)
-        rows = await fetch_all(state.pool, _READINGS, {"sn": sn, "from": start, "to": end, "limit": limit + 1})
+        rows, headers = await state.reads.fetch_all(_READINGS, {"sn": sn, "from": start, "to": end,
+                                                                "limit": limit + 1})
         if not rows:
-            (known,) = (await fetch_all(state.pool, _KNOWN, {"sn": sn}))[0]
-            if not known:
-                raise NotFoundException(f"no readings from EnergyGrid device {sn!r}")
+            known, headers = await state.reads.fetch_all(_KNOWN, {"sn": sn})
+            if not known[0][0]:
+                raise NotFoundException(f"no readings from EnergyGrid device {sn!r}", headers=dict(headers))
         more = rows[limit][1] if len(rows) > limit else None
-        return EnergyGridReadings(sn, start, end, [_reading(row) for row in rows[:limit]], more)
+        return served(EnergyGridReadings(sn, start, end, [_reading(row) for row in rows[:limit]], more), headers)

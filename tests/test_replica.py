@@ -1,0 +1,186 @@
+"""Read replicas: a real hot standby (pg_basebackup -R from the test primary) serves the analytics and
+status reads with the primary's answers once caught up; a paused replay, a replica too far behind or a
+stopped replica sends them to the primary, never a 5xx; writes always go to the primary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+
+from api.server.app import create_app
+from tests.fix_api import Keys, settings_for
+from tests.fix_db import Database
+from tests.fix_readings import NOW, iso
+from tests.fix_replica import REPLAY_WAIT_S, Standby
+
+MAX_LAG_S = 1.0
+VEHICLES = ("EV-R0", "EV-R1", "EV-R2")
+START = NOW.replace(minute=0, second=0) - timedelta(hours=8)
+WINDOW = {"from": iso(START - timedelta(minutes=17)), "to": iso(NOW + timedelta(minutes=1))}
+READS = [
+    *(f"/v1/analytics/performance/{v}" for v in VEHICLES),
+    *(f"/v1/analytics/vehicles/{v}/series" for v in VEHICLES),
+    "/v1/analytics/fleet",
+]
+STATUS = [*(f"/v1/vehicles/{v}/status" for v in VEHICLES), *(f"/v1/meters/M-{v}/status" for v in VEHICLES)]
+
+
+def history(minutes: int, offset: timedelta = timedelta(0), seed: int = 0) -> list[dict]:
+    """Readings of three linked vehicle/meter pairs, one a minute from START + offset."""
+    body = []
+    for n, vehicle_id in enumerate(VEHICLES):
+        for i in range(minutes):
+            at = iso(START + offset + timedelta(minutes=i, seconds=n))
+            ac = 0.2 + ((i * 7 + n + seed) % 11) / 100
+            body.append({"meterId": f"M-{vehicle_id}", "kwhConsumedAc": ac, "voltage": 230.0, "timestamp": at})
+            body.append({"vehicleId": vehicle_id, "soc": 20 + i % 70, "kwhDeliveredDc": ac * (0.7 + n / 10),
+                         "batteryTemp": 25 + i % 9, "timestamp": at})
+    return body
+
+
+def write(client: TestClient, keys: Keys, body: list[dict]) -> None:
+    response = client.post("/v1/telemetry", json=body, headers=Keys.header(keys.ingest))
+    assert response.status_code == 200, response.text
+    assert response.json()["inserted"] == len(body)
+
+
+def get(client: TestClient, keys: Keys, path: str) -> httpx.Response:
+    params = WINDOW if path.startswith("/v1/analytics") else None
+    response = client.get(path, params=params, headers=Keys.header(keys.read))
+    assert response.status_code == 200, (path, response.status_code, response.text)
+    return response
+
+
+def wait_for(client: TestClient, keys: Keys, served_by: str, path: str = READS[0]) -> httpx.Response:
+    """Ask until the answer comes from ``served_by``; every answer on the way is a 200."""
+    deadline = time.monotonic() + REPLAY_WAIT_S
+    while (response := get(client, keys, path)).headers["X-Served-By"] != served_by:
+        assert time.monotonic() < deadline, f"never served by the {served_by}: {dict(response.headers)}"
+        time.sleep(0.1)
+    return response
+
+
+@pytest.fixture
+def primary_client(database: Database) -> Iterator[TestClient]:
+    """The API without a replica: every read on the primary."""
+    with TestClient(create_app(settings_for(database)), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def replica_client(database: Database, standby: Standby) -> Iterator[TestClient]:
+    """The API with DATABASE_READ_URL on the standby, skipping it when more than MAX_LAG_S behind."""
+    settings = settings_for(database, database_read_url=standby.url(database, app=True), max_replica_lag_s=MAX_LAG_S)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def loaded(primary_client: TestClient, keys: Keys, standby: Standby, database: Database) -> Keys:
+    """Six hours of three linked pairs on the primary, replayed by the standby."""
+    for vehicle_id in VEHICLES:
+        response = primary_client.put(f"/v1/vehicles/{vehicle_id}/meter", json={"meterId": f"M-{vehicle_id}"},
+                                      headers=Keys.header(keys.ingest))
+        assert response.status_code == 200, response.text
+    write(primary_client, keys, history(6 * 60))
+    standby.wait_until_replayed(database)
+    return keys
+
+
+def answers(client: TestClient, keys: Keys, paths: list[str]) -> dict[str, object]:
+    return {path: get(client, keys, path).json() for path in paths}
+
+
+def test_without_a_replica_every_read_says_primary(primary_client: TestClient, loaded: Keys) -> None:
+    for path in [*READS, *STATUS, "/v1/energygrid/devices"]:
+        response = get(primary_client, loaded, path)
+        assert response.headers["X-Served-By"] == "primary"
+        assert "X-Replica-Lag-S" not in response.headers and "X-Replica-Skipped" not in response.headers
+
+
+def test_replica_answers_equal_the_primary_once_caught_up(primary_client: TestClient, replica_client: TestClient,
+                                                          loaded: Keys) -> None:
+    wait_for(replica_client, loaded, "replica")
+    want = answers(primary_client, loaded, READS + STATUS)
+    for path in READS + STATUS + ["/v1/energygrid/devices"]:
+        response = get(replica_client, loaded, path)
+        assert response.headers["X-Served-By"] == "replica", (path, dict(response.headers))
+        assert 0 <= float(response.headers["X-Replica-Lag-S"]) <= MAX_LAG_S
+        if path in want:
+            assert response.json() == want[path], path
+    fleet = want["/v1/analytics/fleet"]
+    assert fleet["vehicles"] == len(VEHICLES) and fleet["vehicleReadings"] == len(VEHICLES) * 6 * 60
+    # A 404 says who served it too.
+    missing = replica_client.get("/v1/vehicles/EV-NONE/status", headers=Keys.header(loaded.read))
+    assert missing.status_code == 404 and missing.headers["X-Served-By"] == "replica"
+
+
+def test_a_paused_replay_falls_back_to_the_primary_and_resuming_brings_the_replica_back(
+        primary_client: TestClient, replica_client: TestClient, loaded: Keys, standby: Standby,
+        database: Database) -> None:
+    performance = READS[0]
+    before = wait_for(replica_client, loaded, "replica", performance).json()
+    with standby.superuser(database) as replica_db:
+        replica_db.execute("SELECT pg_wal_replay_pause()")
+        try:
+            # Thirty new minutes for every device, written on the primary while the replay stands still.
+            write(primary_client, loaded, history(30, offset=timedelta(hours=6), seed=3))
+            (stale_count,) = replica_db.execute(
+                "SELECT count(*) FROM telemetry.vehicle_readings WHERE vehicle_id = %s", (VEHICLES[0],)).fetchone()
+            assert stale_count == 6 * 60  # the replica really lacks them
+
+            fallback = wait_for(replica_client, loaded, "primary", performance)
+            assert fallback.headers["X-Replica-Skipped"] in ("paused", "lagging"), dict(fallback.headers)
+            assert fallback.json()["vehicleReadings"] == before["vehicleReadings"] + 30
+            assert fallback.json() == get(primary_client, loaded, performance).json()
+            status = get(replica_client, loaded, STATUS[0])
+            assert status.headers["X-Served-By"] == "primary"
+            assert status.json() == get(primary_client, loaded, STATUS[0]).json()
+        finally:
+            replica_db.execute("SELECT pg_wal_replay_resume()")
+
+    back = wait_for(replica_client, loaded, "replica", performance)
+    assert back.json() == get(primary_client, loaded, performance).json()
+    assert back.json()["vehicleReadings"] == before["vehicleReadings"] + 30
+
+
+def test_a_stopped_replica_falls_back_to_the_primary_without_errors(
+        primary_client: TestClient, replica_client: TestClient, loaded: Keys, standby: Standby,
+        database: Database) -> None:
+    wait_for(replica_client, loaded, "replica")
+    want = answers(primary_client, loaded, READS + STATUS)
+    standby.stop()
+    try:
+        # Every answer while the replica goes away is a 200 with the primary's numbers (get asserts 200).
+        fallback = wait_for(replica_client, loaded, "primary")
+        assert fallback.headers["X-Replica-Skipped"] in ("unreachable", "failed"), dict(fallback.headers)
+        for path in READS + STATUS:
+            response = get(replica_client, loaded, path)
+            assert response.headers["X-Served-By"] == "primary"
+            assert response.json() == want[path], path
+        # Writes never needed the replica.
+        write(primary_client, loaded, history(5, offset=timedelta(hours=6, minutes=30), seed=5))
+    finally:
+        standby.start()
+    standby.wait_until_replayed(database)
+    back = wait_for(replica_client, loaded, "replica")
+    assert back.json() == get(primary_client, loaded, READS[0]).json()
+
+
+def test_the_replica_refuses_writes_and_the_api_never_sends_it_any(replica_client: TestClient, loaded: Keys,
+                                                                   standby: Standby, database: Database) -> None:
+    wait_for(replica_client, loaded, "replica")
+    write(replica_client, loaded, history(2, offset=timedelta(hours=7), seed=9))
+    response = replica_client.put("/v1/vehicles/EV-R9/meter", json={"meterId": "M-R9"},
+                                  headers=Keys.header(loaded.ingest))
+    assert response.status_code == 200, response.text
+    standby.wait_until_replayed(database)
+    with standby.superuser(database) as replica_db:
+        (readings,) = replica_db.execute("SELECT count(*) FROM telemetry.vehicle_readings").fetchone()
+        assert readings == len(VEHICLES) * (6 * 60 + 2)
+        assert replica_db.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)

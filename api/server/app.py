@@ -22,9 +22,11 @@ from api.ops.maintenance import run_maintenance_periodically
 from api.ops.webhooks import deliver_webhooks_periodically
 from api.server.alerts import AlertController
 from api.server.analytics import AnalyticsController
+from api.server.dashboard import DashboardController
 from api.server.devices import DeviceController
 from api.server.energygrid import EnergyGridController
 from api.server.errors import EXCEPTION_HANDLERS
+from api.server.fleetinfo import FleetInfoController
 from api.server.health import HealthController
 from api.server.keys import KeyController
 from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthentication
@@ -57,7 +59,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
-                        AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController],
+                        AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController,
+                        FleetInfoController, DashboardController],
         lifespan=[database, ApiKeyAuthentication.lifespan(settings), read_replica],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],

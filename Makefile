@@ -48,10 +48,19 @@ dev-key: venv ## Reuse the development API key in .local/dev-api-key while it is
 	@DATABASE_URL='$(RUN_DATABASE_URL)' $(PY) -m api keys ensure --file $(DEV_KEY_FILE) \
 		--scope ingest,read,admin --name "make run" >/dev/null
 
+.PHONY: browser
+browser: ## Install Debian's Chromium for the dashboard's browser tests when it is missing
+	@bash scripts/install-chromium.sh
+
+.PHONY: dashboard
+dashboard: ## Install the dashboard's chart library (npm ci in dashboard/) when missing or outdated
+	@bash scripts/dashboard-assets.sh
+
 .PHONY: run
-run: migrate ## Set up everything and serve the API on 127.0.0.1:8000
+run: migrate dashboard ## Set up everything and serve the API on 127.0.0.1:8000
 	@$(MAKE) --no-print-directory dev-key
 	@echo ""
+	@echo "  Dashboard:   http://$(API_HOST):$(API_PORT)/"
 	@echo "  API:         http://$(API_HOST):$(API_PORT)"
 	@echo "  API docs:    http://$(API_HOST):$(API_PORT)/schema"
 	@echo "  Readiness:   http://$(API_HOST):$(API_PORT)/health/ready"
@@ -61,7 +70,7 @@ run: migrate ## Set up everything and serve the API on 127.0.0.1:8000
 	@DATABASE_URL='$(RUN_DATABASE_URL)' API_HOST=$(API_HOST) API_PORT=$(API_PORT) exec $(PY) -m api serve
 
 .PHONY: test
-test: venv timescaledb ## Run the whole test suite against every TimescaleDB edition this machine can run
+test: venv timescaledb browser dashboard ## Run the whole test suite against every TimescaleDB edition this machine can run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench

@@ -542,13 +542,21 @@
       state.bucket = event.target.value;
       route();
     });
-    $("#worst").tHead.addEventListener("click", (event) => {
-      const th = event.target.closest("th");
-      if (!th) return;
+    const sortBy = (th) => {
       const { key, ascending } = state.worstSort;
       state.worstSort = { key: th.dataset.key, ascending: key === th.dataset.key ? !ascending : true };
       renderWorst();
-    });
+    };
+    for (const th of $$("#worst th")) {
+      th.tabIndex = 0; // sortable from the keyboard too
+      th.addEventListener("click", () => sortBy(th));
+      th.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          sortBy(th);
+        }
+      });
+    }
     $("#alerts-more").addEventListener("click", () => {
       showAlerts(state.render, true).catch(failed);
     });

@@ -210,6 +210,16 @@ def test_a_wrong_key_shows_the_error_and_a_revoked_key_is_asked_for_again(
     assert page.locator("#fleet [data-field=acConsumedKwh]").get_attribute("data-value") == "0"
     assert page.evaluate("Object.keys(sessionStorage)") == ["telemetry.apiKey"]
     assert key not in page.url and page.context.cookies() == []
+
+    # Two dates: from the first day's midnight to the end of the second (UTC).
+    page.locator("#window").select_option("dates")
+    page.locator("#date-from").fill("2026-11-01")
+    page.locator("#date-to").fill("2026-11-03")
+    page.locator("#apply-dates").click()
+    page.wait_for_selector("#fleet[aria-busy=false][data-from='2026-11-01T00:00:00.000Z']")
+    assert page.locator("#fleet").get_attribute("data-to") == "2026-11-04T00:00:00.000Z"
+    assert page.locator("#fleet [data-field=linkedVehicles]").get_attribute("data-value") == "0"
+
     admin = create_key(database.url, ["admin"])[1]
     assert httpx.delete(f"{server.url}/v1/keys/{key_id}", headers=Keys.header(admin)).status_code == 204
     page.locator("#window").select_option("7d")

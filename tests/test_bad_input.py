@@ -47,6 +47,18 @@ CATALOGUE = [
     ("unknown-field", M, [with_field(meter(0), extra=1)], "application/json", 422, 0, None),
     ("bad-device-id", M, [with_field(meter(0), meterId="bad id!")], "application/json", 422, 0, "meterId"),
     ("long-device-id", M, [with_field(meter(0), meterId="x" * 65)], "application/json", 422, 0, "meterId"),
+    ("device-id-line-break", M, [meter(0), meter(1), with_field(meter(2), meterId="MTR-2\n")], "application/json",
+     422, 2, "meterId"),
+    ("device-id-not-ascii", V, [vehicle(0), with_field(vehicle(1), vehicleId="EV-\u00e91")], "application/json",
+     422, 1, "vehicleId"),
+    ("one-reading-bad-device-id", V, with_field(vehicle(0), vehicleId="EV 1"), "application/json", 422, 0,
+     "vehicleId"),
+    ("ndjson-bad-device-id", M, "\n".join(json.dumps(r) for r in [meter(0), with_field(meter(1), meterId="a/b")]),
+     "application/x-ndjson", 422, 1, "meterId"),
+    ("csv-bad-device-id", M, f"meterId,kwhConsumedAc,voltage,timestamp\nM-1,1,230,{iso(NOW)}\nM 2,1,230,{iso(NOW)}",
+     "text/csv", 422, 1, "meterId"),
+    ("mixed-bad-device-id", MIXED, [meter(0), with_field(vehicle(1), vehicleId="EV;1")], "application/json", 422, 1,
+     "vehicleId"),
     ("malformed-timestamp", M, [with_field(meter(0), timestamp="yesterday")], "application/json", 422, 0,
      "timestamp"),
     ("naive-timestamp", M, [with_field(meter(0), timestamp="2026-11-22T10:00:00")], "application/json", 422, 0,
@@ -101,6 +113,29 @@ def test_every_failing_row_is_reported_up_to_a_limit(client: TestClient, keys: K
     errors = post(client, M, batch, keys.ingest).json()["errors"]
     assert [e["index"] for e in errors] == list(range(1, 41, 2))
     assert {e["field"] for e in errors} == {"voltage"}
+    assert count_rows(conn)["meter_readings"] == 0
+
+
+def test_bad_device_ids_and_bad_values_are_reported_in_row_order(client: TestClient, keys: Keys, conn) -> None:
+    batch = [meter(i) for i in range(6)]
+    batch[1] = with_field(batch[1], meterId="MTR 1")
+    batch[3] = with_field(batch[3], voltage=-1)
+    batch[4] = with_field(batch[4], meterId="MTR-4\n")
+
+    response = post(client, M, batch, keys.ingest)
+
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [(e["index"], e["field"]) for e in errors] == [(1, "meterId"), (3, "voltage"), (4, "meterId")]
+    assert "A-Za-z0-9_.:-" in errors[0]["reason"]
+    assert count_rows(conn)["meter_readings"] == 0
+
+
+def test_a_bad_device_id_deep_in_a_large_batch_is_found(client: TestClient, keys: Keys, conn) -> None:
+    batch = [meter(i) for i in range(5000)]
+    batch[4321] = with_field(batch[4321], meterId="MTR-4321!")
+    errors = post(client, M, batch, keys.ingest).json()["errors"]
+    assert [(e["index"], e["field"]) for e in errors] == [(4321, "meterId")]
     assert count_rows(conn)["meter_readings"] == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from datetime import timedelta
 
@@ -153,3 +154,32 @@ def test_any_rfc3339_offset_is_accepted_everywhere(client: TestClient, keys: Key
     answer = client.get("/v1/analytics/performance/EV-1", params={"from": far_east, "to": "2026-11-23T10:00:00+16:00"},
                         headers=Keys.header(keys.read))
     assert answer.status_code == 200 and answer.json()["from"] == "2026-11-21T18:00:00Z"
+
+
+def test_every_field_of_a_bulk_batch_is_stored_exactly_as_sent(client: TestClient, keys: Keys, conn) -> None:
+    """The write path builds PostgreSQL's binary COPY data itself: ids of every allowed length and
+    character, microseconds, any offset and the full precision of each number survive it."""
+    zones = [datetime.timezone(timedelta(hours=h, minutes=m)) for h, m in ((0, 0), (5, 30), (-9, -45), (14, 0))]
+    ids = ["A", "x" * 64, "Az09_.:-", "MTR:site-7.bay_2"]
+    sent = []
+    for i in range(2000):
+        at = (NOW - timedelta(minutes=5 + i, microseconds=i * 7919 % 1_000_000)).astimezone(zones[i % 4])
+        sent.append({"vehicleId": f"{ids[i % 4]}{i // 4 % 10}"[:64], "soc": i % 10001 / 100,
+                     "kwhDeliveredDc": 1 / (i + 3), "batteryTemp": -40 + i % 160 + 0.123456789012345 * (i % 2),
+                     "timestamp": at.isoformat()})
+    meters = [{"meterId": r["vehicleId"], "kwhConsumedAc": r["kwhDeliveredDc"] * 1e6, "voltage": 1000 - r["soc"] * 10,
+               "timestamp": r["timestamp"]} for r in sent]
+
+    assert post(client, "/v1/telemetry/vehicles", sent, keys.ingest).json() == {"inserted": 2000, "duplicates": 0}
+    assert post(client, "/v1/telemetry/meters", meters, keys.ingest).json() == {"inserted": 2000, "duplicates": 0}
+
+    def instant(text: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(text)
+
+    stored = conn.execute("SELECT vehicle_id, time, soc, kwh_delivered_dc, battery_temp FROM telemetry.vehicle_readings"
+                          " ORDER BY vehicle_id, time").fetchall()
+    assert stored == sorted((r["vehicleId"], instant(r["timestamp"]), r["soc"], r["kwhDeliveredDc"], r["batteryTemp"])
+                            for r in sent)
+    stored = conn.execute("SELECT meter_id, time, kwh_consumed_ac, voltage FROM telemetry.meter_readings"
+                          " ORDER BY meter_id, time").fetchall()
+    assert stored == sorted((r["meterId"], instant(r["timestamp"]), r["kwhConsumedAc"], r["voltage"]) for r in meters)

@@ -109,6 +109,7 @@ class WriterProcess:
         return samples
 
     def kill(self) -> None:
+        """SIGKILL to the writer: no graceful shutdown, its batch in flight is cut."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
@@ -120,3 +121,4 @@ class WriterProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self.log.close()

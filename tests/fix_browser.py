@@ -27,9 +27,11 @@ def _set_up(script: str, what: str) -> None:
         pytest.fail(f"{what} could not be installed (scripts/{script}):\n{done.stdout}{done.stderr}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator:
-    """Playwright's Chromium, the system's browser; installed from the Debian packages when missing."""
+    """Playwright's Chromium, the system's browser; installed from the Debian packages when missing.
+    Per module: Playwright's sync API keeps an event loop running in the main thread while it is open,
+    which would refuse asyncio.run() in the modules that follow."""
     from playwright.sync_api import Error, sync_playwright
 
     if not CHROMIUM.exists():

@@ -16,8 +16,9 @@ from litestar.testing import TestClient
 from rich.console import Console
 
 from api.db.keys import create_key
+from api.server.app import create_app
 from loadgen.run import run
-from tests.fix_api import Keys
+from tests.fix_api import Keys, settings_for
 from tests.fix_browser import PHONE, WatchedPage
 from tests.fix_loadgen import loadgen_options
 from tests.fix_readings import meter, post, vehicle
@@ -263,6 +264,17 @@ def test_the_page_and_its_assets_are_served_without_a_key_and_stay_out_of_the_sc
     paths = client.get("/schema/openapi.json").json()["paths"]
     assert "/" not in paths and not any(path.startswith("/dashboard") for path in paths)
     assert {"/v1/fleet/freshness", "/v1/me"} <= set(paths)
+
+
+def test_the_dashboard_is_served_from_beside_the_sql_directory(database, tmp_path) -> None:
+    """As in the image, where SQL_DIR is /app/sql and the dashboard /app/dashboard."""
+    (tmp_path / "dashboard").mkdir()
+    (tmp_path / "dashboard" / "index.html").write_text("<!doctype html><title>deployed</title>")
+    settings = settings_for(database, sql_dir=str(tmp_path / "sql"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as deployed:
+        assert deployed.get("/").text == "<!doctype html><title>deployed</title>"
+        missing = deployed.get("/dashboard/assets/uPlot.iife.min.js")
+        assert missing.status_code == 404 and "make dashboard" in missing.json()["message"]
 
 
 def test_freshness_gives_the_newest_readings_and_the_silent_devices_per_stream(client: TestClient, keys: Keys) -> None:

@@ -85,11 +85,13 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
 def _keys_ensure(settings: Settings, args: argparse.Namespace) -> int:
     """Reuse the key kept in a file while it is valid; otherwise create one and write it there (mode 0600)."""
-    from api.db.keys import create_key, key_is_active, parse_scopes
+    from api.db.keys import create_key, key_is_active, parse_scopes, split_key
 
     scopes = parse_scopes(args.scope)
     path = Path(args.file)
     if path.exists() and key_is_active(settings.database_url, path.read_text(), scopes):
+        key = path.read_text().strip()
+        _enable_mqtt(settings, split_key(key)[0], key, scopes, only_if_missing=True)
         print(f"reusing the key in {path}")
         print(path.read_text().strip())
         return 0
@@ -106,14 +108,18 @@ def _keys_ensure(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _enable_mqtt(settings: Settings, key_id: str, key: str, scopes: list[str]) -> None:
+def _enable_mqtt(settings: Settings, key_id: str, key: str, scopes: list[str], only_if_missing: bool = False) -> None:
+    """Store the broker's hash of an ingest key (MQTT devices use it as their password)."""
     import psycopg
 
     from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash_for
 
-    hashed = broker_hash_for(key, scopes)
-    if hashed:
-        with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_url) as conn:
+        if only_if_missing and conn.execute("SELECT broker_hash IS NOT NULL FROM telemetry.api_keys WHERE key_id = %s",
+                                            (key_id,)).fetchone()[0]:
+            return
+        hashed = broker_hash_for(key, scopes)
+        if hashed:
             conn.execute(SET_BROKER_HASH_SQL, (hashed, key_id))
 
 

@@ -83,5 +83,7 @@ if ! running; then
         exit 1
     fi
 fi
+URL="nats://telemetry:$PASSWORD@127.0.0.1:$NATS_PORT"
+(umask 077; echo "$URL" >"$NATS_DIR/url")
 echo "local-nats: ready: MQTT on mqtt://127.0.0.1:$MQTT_PORT"
-echo "NATS_URL=nats://telemetry:$PASSWORD@127.0.0.1:$NATS_PORT"
+echo "NATS_URL=$URL"

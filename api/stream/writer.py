@@ -287,8 +287,10 @@ async def run_writer(settings: Settings) -> None:
         config = uvicorn.Config(_health_app(writer), host=settings.writer_host, port=settings.writer_port,
                                 log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # the writer handles them: finish the batch, then stop
         serving = asyncio.create_task(server.serve())
+        # uvicorn takes SIGTERM and SIGINT while it serves: its stop is the writer's signal to stop too
+        # (the batch in hand is finished: committed and acknowledged, or left to redelivery).
+        serving.add_done_callback(lambda _: writer.stopping.set())
     log.info("writer started: stream %s, consumer %s, batch %d, flush %d ms", settings.stream_name, CONSUMER,
              settings.writer_batch, settings.writer_flush_ms)
     print(f"writer: draining stream {settings.stream_name} into the database"
@@ -299,6 +301,7 @@ async def run_writer(settings: Settings) -> None:
     finally:
         if server:
             server.should_exit = True
-            await serving
-        await nc.drain()
+            with contextlib.suppress(Exception):
+                await serving
+        await nc.close()  # what was committed is acknowledged; the rest is redelivered to another writer
         await pool.close()

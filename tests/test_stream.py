@@ -314,3 +314,26 @@ def test_nats_restarted_while_publishing_loses_no_acknowledged_reading(database,
             return set(conn.execute("SELECT meter_id, time FROM telemetry.meter_readings").fetchall())
 
     wait_until(lambda: expected <= present(), timeout=90, what="every acknowledged reading")
+
+
+def test_while_postgresql_is_down_async_requests_are_accepted_and_stored_after(database, pg_server, nats_server,
+                                                                               live_server_factory, writer_factory,
+                                                                               keys) -> None:
+    ensure_streams_now(log_settings(database, nats_server))
+    api = live_server_factory(NATS_URL=nats_server.url, DB_POOL_TIMEOUT="1")
+    writer = writer_factory(DB_POOL_TIMEOUT="1")
+    assert post(api, keys.ingest, "meters", meters(100, devices=50), ASYNC).status_code == 202  # key verified
+    wait_until(lambda: stored(database)[0] == 100, what="the first readings")
+    pg_server.stop()
+    try:
+        answers = [post(api, keys.ingest, "meters", meters(100, start=100 * (n + 1), devices=50), ASYNC)
+                   for n in range(5)]
+        sync = post(api, keys.ingest, "meters", meters(1, start=9000, devices=50))
+        time.sleep(2)  # the writer meets the outage: it acknowledges nothing and backs off
+        assert httpx.get(f"{writer.url}/health/ready", timeout=5).json()["database"] == "unavailable"
+    finally:
+        pg_server.start()
+    assert [a.status_code for a in answers] == [202] * 5
+    assert sync.status_code == 503 and sync.headers["retry-after"] == "1"
+    wait_until(lambda: stored(database)[0] == 600, timeout=90, what="the backlog to be written")
+    assert writer.metrics()["telemetry_writer_database_failures_total"] >= 1

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import msgspec
 import psycopg
 from prometheus_client import Counter, Gauge
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 log = logging.getLogger("api.keys")
 
@@ -142,6 +142,8 @@ class KeyCache:
         self.listening = False
         self._known: dict[str, tuple[float, StoredKey]] = {}
         self._unknown: dict[str, float] = {}
+        # Keys verified in the database, kept across a lost listener for database outages only.
+        self._verified: dict[str, tuple[float, StoredKey]] = {}
         # Bumped by every invalidation: a lookup that was in flight across one is used once, not stored,
         # since its answer may predate the change.
         self._generation = 0
@@ -162,11 +164,26 @@ class KeyCache:
                 KEY_LOOKUPS.labels("cache").inc()
                 return None
         generation = self._generation
-        async with pool.connection() as conn:
-            cur = await conn.execute(LOOKUP_KEY_SQL, (key_id,))
-            row = await cur.fetchone()
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(LOOKUP_KEY_SQL, (key_id,))
+                row = await cur.fetchone()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            # The database is down: nobody can revoke a key meanwhile, so a key this process verified
+            # within ttl_s still opens the paths that work without the database (asynchronous ingestion
+            # into the log). Without such a lookup, the request fails as before (503).
+            seen = self._verified.get(key_id)
+            if seen is not None and time.monotonic() - seen[0] < self.ttl_s:
+                KEY_LOOKUPS.labels("outage").inc()
+                return seen[1]
+            raise exc
         KEY_LOOKUPS.labels("database").inc()
         stored = None if row is None else StoredKey(row[0], frozenset(row[1]), row[2])
+        if stored is not None and generation == self._generation:
+            self._verified.pop(key_id, None)
+            if len(self._verified) >= self.max_entries:
+                del self._verified[next(iter(self._verified))]
+            self._verified[key_id] = (time.monotonic(), stored)
         if self.listening and generation == self._generation:
             self._remember(key_id, stored)
         return stored
@@ -187,18 +204,21 @@ class KeyCache:
         self._generation += 1
         self._known.pop(key_id, None)
         self._unknown.pop(key_id, None)
+        self._verified.pop(key_id, None)
         CACHED_KEYS.set(len(self))
 
-    def forget_all(self) -> None:
+    def forget_all(self, keep_verified: bool = False) -> None:
         self._generation += 1
         self._known.clear()
         self._unknown.clear()
+        if not keep_verified:
+            self._verified.clear()
         CACHED_KEYS.set(0)
 
     def trust(self, listening: bool) -> None:
         """Start or stop trusting the cache; either way, what it held may have missed changes."""
         self.listening = listening
-        self.forget_all()
+        self.forget_all(keep_verified=not listening)
         KEY_LISTENER_UP.set(int(listening))
 
 

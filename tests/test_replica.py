@@ -4,19 +4,26 @@ stopped replica sends them to the primary, never a 5xx; writes always go to the 
 
 from __future__ import annotations
 
+import os
+import shlex
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from litestar.testing import TestClient
 
 from api.server.app import create_app
+from api.settings import PROJECT_ROOT
 from tests.fix_api import Keys, settings_for
-from tests.fix_db import Database
+from tests.fix_db import PG_BIN, Database
 from tests.fix_readings import NOW, iso
-from tests.fix_replica import REPLAY_WAIT_S, Standby
+from tests.fix_replica import REPLAY_WAIT_S, Standby, _as_server_account, _hand_over
 
 MAX_LAG_S = 1.0
 VEHICLES = ("EV-R0", "EV-R1", "EV-R2")
@@ -184,3 +191,49 @@ def test_the_replica_refuses_writes_and_the_api_never_sends_it_any(replica_clien
         (readings,) = replica_db.execute("SELECT count(*) FROM telemetry.vehicle_readings").fetchone()
         assert readings == len(VEHICLES) * (6 * 60 + 2)
         assert replica_db.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_the_compose_replica_scripts_make_a_streaming_standby(database: Database, tmp_path: Path) -> None:
+    """docker/primary-replication.sh (the primary's init script) and docker/replica-entrypoint.sh (the
+    db-replica service), run against the test primary: the standby streams and serves the data."""
+    server = database.server
+    env = {**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}", "PGHOST": server.host, "PGPORT": str(server.port),
+           "POSTGRES_USER": server.user, "PGDATA": server.datadir, "REPLICATION_PASSWORD": "test-replicator"}
+    subprocess.run(["sh", str(PROJECT_ROOT / "docker" / "primary-replication.sh")], env=env, check=True,
+                   capture_output=True, timeout=60)
+    with database.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'").fetchone() == (True,)
+        conn.execute("INSERT INTO telemetry.meter_state VALUES ('M-COMPOSE', now(), 1.5, 230, now())")
+        (target,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert "host replication replicator all scram-sha-256" in Path(server.datadir, "pg_hba.conf").read_text()
+
+    standby = Standby(server, tmp_path, slot="unused")
+    _hand_over(tmp_path)
+    entrypoint = ["env", f"PATH={env['PATH']}", f"PGDATA={standby.datadir}", f"PRIMARY_HOST={server.host}",
+                  f"PRIMARY_PORT={server.port}", "REPLICATION_PASSWORD=test-replicator",
+                  "sh", str(PROJECT_ROOT / "docker" / "replica-entrypoint.sh"),
+                  # The test primary's limits, on a port and socket of its own, instead of Compose's.
+                  "-p", str(standby.port), "-k", str(standby.socketdir), "-c", "listen_addresses=127.0.0.1",
+                  "-c", "shared_buffers=128MB", *shlex.split(server.postgres_options)]
+    with open(standby.logfile, "wb") as log:
+        # A session of its own: the signal at the end reaches PostgreSQL under runuser.
+        process = subprocess.Popen(_as_server_account(entrypoint), stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + REPLAY_WAIT_S
+        while True:
+            try:
+                with standby.superuser(database) as conn:
+                    if conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
+                        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+                        assert conn.execute("SELECT kwh_consumed_ac FROM telemetry.meter_state "
+                                            "WHERE meter_id = 'M-COMPOSE'").fetchone() == (1.5,)
+                        break
+            except psycopg.OperationalError:
+                pass
+            assert process.poll() is None, standby.logfile.read_text()
+            assert time.monotonic() < deadline, standby.logfile.read_text()
+            time.sleep(0.2)
+        assert "primary_conninfo" in (standby.datadir / "postgresql.auto.conf").read_text()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+        process.wait(timeout=60)

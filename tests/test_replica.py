@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
+from api.db.replica import ReadRouter
 from api.server.app import create_app
 from api.settings import PROJECT_ROOT
 from tests.fix_api import Keys, settings_for
@@ -177,6 +178,36 @@ def test_a_stopped_replica_falls_back_to_the_primary_without_errors(
     standby.wait_until_replayed(database)
     back = wait_for(replica_client, loaded, "replica")
     assert back.json() == get(primary_client, loaded, READS[0]).json()
+
+
+def test_a_replica_url_on_a_primary_is_never_used(database: Database, keys: Keys) -> None:
+    """A DATABASE_READ_URL that is not in recovery (a promoted replica, or a mistake) is skipped."""
+    settings = settings_for(database, database_read_url=database.app_url)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + REPLAY_WAIT_S
+        while (response := get(client, keys, "/v1/analytics/fleet")).headers.get("X-Replica-Skipped") == "unmeasured":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert response.headers["X-Served-By"] == "primary"
+        assert response.headers["X-Replica-Skipped"] == "not_in_recovery"
+
+
+@pytest.mark.parametrize(("measured", "served_by", "skipped", "lag"), [
+    ((True, False, 0.0, False), "replica", None, "0.00"),
+    ((True, False, 0.4, True), "replica", None, "0.40"),
+    ((True, False, 7.25, True), "primary", "lagging", "7.25"),
+    ((True, True, 0.2, True), "primary", "paused", "0.20"),  # paused with WAL pending never catches up
+    ((True, True, 0.0, False), "replica", None, "0.00"),  # paused with nothing pending is current
+    ((True, False, None, True), "primary", "unmeasured", None),
+    ((False, None, None, None), "primary", "not_in_recovery", None),
+])
+def test_the_lag_rule(measured: tuple, served_by: str, skipped: str | None, lag: str | None) -> None:
+    router = ReadRouter(primary=None, replica=None, max_lag_s=5.0)
+    router.observe(*measured)
+    headers = router.headers
+    assert headers.get("X-Served-By") == served_by
+    assert headers.get("X-Replica-Skipped") == skipped
+    assert headers.get("X-Replica-Lag-S") == lag
 
 
 def test_the_replica_refuses_writes_and_the_api_never_sends_it_any(replica_client: TestClient, loaded: Keys,

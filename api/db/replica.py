@@ -100,8 +100,9 @@ class ReadRouter:
         self._primary_headers = {SERVED_BY: "primary", REPLICA_SKIPPED: reason, **({REPLICA_LAG: lag} if lag else {})}
 
     @property
-    def primary_headers(self) -> Mapping[str, str]:
-        return self._primary_headers
+    def headers(self) -> Mapping[str, str]:
+        """What the next read's answer will say, from the last measurement."""
+        return self._replica_headers if self._use_replica else self._primary_headers
 
     async def fetch_all(self, sql: str, params: Any = None) -> tuple[list[tuple], Mapping[str, str]]:
         """Rows of one read query, and the headers that say which database served them."""

@@ -180,6 +180,21 @@ def test_a_stopped_replica_falls_back_to_the_primary_without_errors(
     assert back.json() == get(primary_client, loaded, READS[0]).json()
 
 
+def test_every_worker_of_a_served_api_reads_from_the_replica(live_server_factory, loaded: Keys,
+                                                            standby: Standby, database: Database) -> None:
+    """`python -m api serve` with two workers: each opens its own replica pool and lag watcher."""
+    server = live_server_factory(workers=2, DATABASE_READ_URL=standby.url(database, app=True))
+    served = []
+    deadline = time.monotonic() + REPLAY_WAIT_S
+    while served[-20:] != ["replica"] * 20:
+        assert time.monotonic() < deadline, served[-40:]
+        response = httpx.get(f"{server.url}{STATUS[0]}", headers=Keys.header(loaded.read), timeout=10)
+        assert response.status_code == 200, response.text
+        served.append(response.headers["X-Served-By"])
+    want = httpx.get(f"{server.url}{READS[0]}", params=WINDOW, headers=Keys.header(loaded.read), timeout=10)
+    assert want.headers["X-Served-By"] == "replica" and want.json()["vehicleReadings"] == 6 * 60
+
+
 def test_a_replica_url_on_a_primary_is_never_used(database: Database, keys: Keys) -> None:
     """A DATABASE_READ_URL that is not in recovery (a promoted replica, or a mistake) is skipped."""
     settings = settings_for(database, database_read_url=database.app_url)

@@ -66,6 +66,7 @@ class ReadRouter:
         self.max_lag_s = max_lag_s
         self._use_replica = False
         self._measured_at = -math.inf
+        self._pool_suspect = False  # the replica failed: its pooled connections may be broken
         self._replica_headers: Mapping[str, str] = {SERVED_BY: "replica"}
         self._primary_headers: Mapping[str, str] = (
             PRIMARY if replica is None else {SERVED_BY: "primary", REPLICA_SKIPPED: "unmeasured"})
@@ -92,6 +93,7 @@ class ReadRouter:
         """The replica failed a check or a read: the primary serves until a check succeeds again."""
         self._skip(reason)
         self._measured_at = time.monotonic()
+        self._pool_suspect = True
 
     def _skip(self, reason: str, lag: str | None = None) -> None:
         if self._use_replica or self._primary_headers.get(REPLICA_SKIPPED) != reason:
@@ -129,7 +131,13 @@ class ReadRouter:
                                 conninfo, autocommit=True, application_name="telemetry-replica-lag",
                                 connect_timeout=max(1, math.ceil(CHECK_TIMEOUT_S)))
                         cur = await conn.execute(LAG_SQL)
-                        self.observe(*(await cur.fetchone()))
+                        measured = await cur.fetchone()
+                        if self._pool_suspect and self.replica is not None:
+                            # Back after a failure (a restart, say): replace the pool's broken connections
+                            # here, before reads are sent there again.
+                            await self.replica.check()
+                            self._pool_suspect = False
+                        self.observe(*measured)
                 except (psycopg.Error, OSError, TimeoutError):
                     self.mark_down("unreachable")
                     if conn is not None:

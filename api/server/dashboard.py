@@ -46,7 +46,7 @@ class DashboardController(Controller):
 
     @get("/", media_type="text/html")
     async def page(self, settings: AppSettings) -> File:
-        return _file(dashboard_dir(settings) / "index.html", "text/html; charset=utf-8")
+        return _file(dashboard_dir(settings) / "index.html", "text/html")
 
     @get("/dashboard/{name:str}")
     async def page_file(self, settings: AppSettings, name: FileName) -> File:

@@ -5,12 +5,11 @@ answer says which served it (X-Served-By, X-Replica-Lag-S, X-Replica-Skipped).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
-import contextlib
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -31,10 +30,11 @@ CHECK_TIMEOUT_S = 2.0
 STALE_AFTER_S = 3.0
 """A measurement older than this is not trusted (the watcher is stuck): reads go to the primary."""
 
-# Lag in seconds, robust to an idle primary: when the standby has replayed all it received, it is caught
-# up whatever the age of the last replayed transaction. pg_last_wal_receive_lsn() is NULL before the
-# WAL receiver has streamed anything, and may start below the replay position: both count as nothing
-# pending only in the second case. Paused recovery is reported separately.
+# Lag in seconds, robust to an idle primary: a standby that has replayed all the WAL it received is
+# caught up (0), whatever the age of its last replayed transaction. Only with WAL pending does the age
+# of the last replayed transaction measure the lag. (The received position may start below the replayed
+# one after a restart: nothing pending. Before anything is received it is NULL: the age decides, and no
+# transaction replayed yet means unmeasured.) A paused replay is reported apart: it will not catch up.
 LAG_SQL = """
 SELECT recovering,
        CASE WHEN recovering THEN pg_is_wal_replay_paused() END,
@@ -149,7 +149,7 @@ class ReadRouter:
                 await conn.close()
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def read_replica(app: Litestar) -> AsyncIterator[None]:
     """Lifespan after the primary pool's: app.state.reads routes reads; with DATABASE_READ_URL set, it
     opens the replica's pool and measures the replica's lag in the background."""

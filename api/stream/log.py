@@ -116,11 +116,13 @@ async def ensure_streams(nc: Client, settings: Settings) -> list[str]:
     done = []
     for config in stream_configs(settings):
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
             await js.add_stream(config)
             done.append(f"created stream {config.name}")
         else:
+            # The replica count is the cluster operator's (nats stream edit --replicas 3): kept.
+            config.num_replicas = info.config.num_replicas
             await js.update_stream(config)
             done.append(f"updated stream {config.name}")
     return done

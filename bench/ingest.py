@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -10,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.db.ingest import ingest_batch
 from api.readings import Batch, MeterReading, VehicleReading
@@ -96,15 +100,37 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
-    workload = build_workload(devices, minutes, batch_size)
-    url = fresh_database("telemetry_bench_direct")
-    direct_s = asyncio.run(_run_direct(url, workload, concurrency))
+# The second batch size the bench reports: gateways that flush more often send smaller requests,
+# where the per-request costs (HTTP, authentication, transaction) weigh more.
+SMALL_BATCH = 500
 
-    url = fresh_database("telemetry_bench_http")
-    key = create_key(url)
-    with ApiProcess(url, workers=workers, server=server, DB_POOL_MAX=str(max(concurrency, 2))) as api:
-        http_s, latencies = asyncio.run(_run_http(api.url, key, workload, concurrency))
+
+def _scratch_database(purpose: str) -> str:
+    """A fresh database of this run's own (two benches running at once must not drop each other's)."""
+    return fresh_database(f"telemetry_bench_{purpose}_{os.getpid()}")
+
+
+def _drop(url: str) -> None:
+    params = conninfo_to_dict(url)
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(params["dbname"])))
+
+
+def compare(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
+    """The same readings stored by the direct pipeline, then over HTTP, each into a fresh database."""
+    workload = build_workload(devices, minutes, batch_size)
+    url = _scratch_database("direct")
+    try:
+        direct_s = asyncio.run(_run_direct(url, workload, concurrency))
+    finally:
+        _drop(url)
+    url = _scratch_database("http")
+    try:
+        key = create_key(url)
+        with ApiProcess(url, workers=workers, server=server, DB_POOL_MAX=str(max(concurrency, 2))) as api:
+            http_s, latencies = asyncio.run(_run_http(api.url, key, workload, concurrency))
+    finally:
+        _drop(url)
     direct_rate, http_rate = workload.rows / direct_s, workload.rows / http_s
     return {
         "rows": workload.rows, "batch_size": batch_size, "concurrency": concurrency,
@@ -114,3 +140,11 @@ def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: 
         "http_request_p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "http_request_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
     }
+
+
+def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
+    """The comparison at `batch_size` readings a request, and (under "small_batches") at SMALL_BATCH."""
+    result = compare(devices, minutes, batch_size, concurrency, workers, server)
+    if batch_size != SMALL_BATCH:
+        result["small_batches"] = compare(devices, minutes, SMALL_BATCH, concurrency, workers, server)
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from litestar.connection import ASGIConnection
@@ -62,8 +62,9 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         return key_cache
 
 
-def requires(scope: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+def requires(scope: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
+    # async: Litestar runs a synchronous guard in a worker thread, a thread hop on every request.
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         if scope not in connection.auth:
             raise PermissionDeniedException(f"this API key lacks the '{scope}' scope")
 

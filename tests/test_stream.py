@@ -278,9 +278,24 @@ def test_a_full_log_answers_503_and_loses_nothing_it_accepted(database, nats_ser
 def test_nats_restarted_while_publishing_loses_no_acknowledged_reading(database, nats_server, stream_api,
                                                                        writer_factory, keys) -> None:
     writer_factory()
+    user, key = mqtt_key(database, nats_server)
     acknowledged: list[int] = []
     statuses: list[int | str] = []
+    mqtt_acknowledged: list[dict] = []
+    mqtt_refused = 0
     stop = threading.Event()
+
+    def publish_mqtt() -> None:
+        nonlocal mqtt_refused
+        n = 0
+        while not stop.is_set():
+            reading = vehicles(1, start=n)[0] | {"vehicleId": f"EV-{n}"}
+            if mqtt_publish(nats_server, user, key, f"telemetry/vehicles/EV-{n}", json.dumps(reading),
+                            client_id=f"ev{n}").returncode == 0:
+                mqtt_acknowledged.append(reading)
+            else:
+                mqtt_refused += 1
+            n += 1
 
     def publish() -> None:
         request = 0
@@ -295,25 +310,34 @@ def test_nats_restarted_while_publishing_loses_no_acknowledged_reading(database,
             request += 1
             time.sleep(0.02)
 
-    publisher = threading.Thread(target=publish)
-    publisher.start()
-    wait_until(lambda: len(acknowledged) >= 20, what="publishing")
+    publishers = [threading.Thread(target=publish), threading.Thread(target=publish_mqtt)]
+    for publisher in publishers:
+        publisher.start()
+    wait_until(lambda: len(acknowledged) >= 20 and len(mqtt_acknowledged) >= 5, what="publishing")
     nats_server.stop()
     time.sleep(1.5)
     nats_server.start()
     wait_until(lambda: statuses[-5:] == [202] * 5, what="publishing to resume")
+    published_after = len(mqtt_acknowledged)
+    wait_until(lambda: len(mqtt_acknowledged) >= published_after + 3, what="MQTT publishing to resume")
     stop.set()
-    publisher.join()
+    for publisher in publishers:
+        publisher.join()
     assert 503 in statuses  # the outage was real; no 5xx other than 503
     assert set(statuses) <= {202, 503}
+    assert mqtt_refused > 0  # MQTT devices met it too
     expected = {(r["meterId"], datetime.fromisoformat(r["timestamp"]))
                 for request in acknowledged for r in meters(100, start=request * 100, devices=500)}
+    expected_mqtt = {(r["vehicleId"], datetime.fromisoformat(r["timestamp"])) for r in mqtt_acknowledged}
 
-    def present() -> set:
+    def present(table: str, column: str) -> set:
         with database.connect() as conn:
-            return set(conn.execute("SELECT meter_id, time FROM telemetry.meter_readings").fetchall())
+            return set(conn.execute(f"SELECT {column}, time FROM telemetry.{table}").fetchall())
 
-    wait_until(lambda: expected <= present(), timeout=90, what="every acknowledged reading")
+    wait_until(lambda: expected <= present("meter_readings", "meter_id"), timeout=90,
+               what="every acknowledged HTTP reading")
+    wait_until(lambda: expected_mqtt <= present("vehicle_readings", "vehicle_id"), timeout=90,
+               what="every acknowledged MQTT reading")
 
 
 def test_while_postgresql_is_down_async_requests_are_accepted_and_stored_after(database, pg_server, nats_server,

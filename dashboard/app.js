@@ -216,7 +216,23 @@
     if (view === "vehicle" && rest.length) shown = showVehicle(decodeURIComponent(rest.join("/")), w, render);
     else if (view === "alerts") shown = showAlerts(render);
     else shown = showFleet(w, render);
-    shown.catch((error) => render === state.render && failed(error));
+    shown.catch((error) => {
+      if (render !== state.render) return;
+      unanswered();
+      failed(error);
+    });
+  }
+
+  // What a failed render left waiting says so, instead of loading for ever.
+  function unanswered() {
+    for (const element of $$(".view [data-field]")) {
+      if (element.textContent === "…") element.textContent = DASH;
+    }
+    for (const chart of $$(".chart[data-state=loading]")) {
+      chart.replaceChildren(placeholder("Not available."));
+      chart.dataset.state = "failed";
+    }
+    for (const busy of $$("[aria-busy=true]")) busy.setAttribute("aria-busy", "false");
   }
 
   async function showFleet(w, render) {
@@ -232,6 +248,8 @@
       delete element.dataset.value;
     }
     $("#verdicts").replaceChildren();
+    $("#freshness").tBodies[0].replaceChildren();
+    $("#freshness-note").textContent = "";
     $("#worst").tBodies[0].replaceChildren();
     $("#worst-empty").hidden = true;
     const [fleet, freshness] = await Promise.all([

@@ -6,13 +6,16 @@ fails. Also the two small reads it needs (data freshness, the key's scopes) and 
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
 import pytest
 from litestar.testing import TestClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 
 from api.db.keys import create_key
@@ -228,24 +231,43 @@ def test_a_wrong_key_shows_the_error_and_a_revoked_key_is_asked_for_again(
     assert "refused (401" in error.inner_text() and page.evaluate("sessionStorage.length") == 0
 
 
-def test_an_unavailable_database_is_said_so(database, live_server_factory, browser_page, keys: Keys) -> None:
+def set_connections(database, allowed: bool) -> None:
+    """Let the database take connections, or refuse them and cut the ones it has (the API's pool included)."""
+    dbname = conninfo_to_dict(database.url)["dbname"]
+    with psycopg.connect(make_conninfo(database.url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS {str(allowed).lower()}")
+        if not allowed:
+            conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+
+
+def test_an_unavailable_database_is_said_so_and_the_page_recovers(database, live_server_factory, browser_page,
+                                                                   keys: Keys) -> None:
     server = live_server_factory()
     watched = browser_page()
     page = watched.page
-    # The browser answers the fleet call as the API does when its database is away (api/server/errors.py).
-    page.route("**/v1/analytics/fleet?*", lambda route: route.fulfill(
-        status=503, headers={"Retry-After": "1"}, content_type="application/json",
-        body='{"error": "unavailable", "message": "the database is unavailable or overloaded; retry later"}'))
     log_in(watched, server.url, keys.read)
-    banner = page.locator("#banner")
-    banner.wait_for(state="visible")
-    assert "database is unavailable (503)" in banner.inner_text() and banner.locator("button").is_visible()
-    watched.screenshot("dashboard-unavailable")
-    page.unroute("**/v1/analytics/fleet?*")
-    banner.locator("button").click()
     page.wait_for_selector("#fleet[aria-busy=false]")
-    assert banner.is_hidden()
-    assert [status for status, _ in watched.error_responses] == [503]
+
+    set_connections(database, allowed=False)
+    try:
+        page.locator("#window").select_option("7d")  # the next requests meet the outage
+        banner = page.locator("#banner")
+        banner.wait_for(state="visible")
+        assert "database is unavailable (503)" in banner.inner_text() and banner.locator("button").is_visible()
+        assert page.locator("#login").is_hidden()  # a 503 keeps the key
+        watched.screenshot("dashboard-unavailable")
+    finally:
+        set_connections(database, allowed=True)
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while httpx.get(f"{server.url}/health/ready").status_code != 200:
+        assert datetime.now(UTC) < deadline, "the API did not reconnect"
+        time.sleep(0.2)
+    banner.locator("button").click()
+    page.wait_for_selector("#fleet[aria-busy=false] [data-field=acConsumedKwh][data-value='0']")
+    assert banner.is_hidden() and page.locator("#fleet").get_attribute("data-from").startswith(
+        (datetime.now(UTC) - timedelta(days=7)).date().isoformat())
+    assert watched.error_responses and {status for status, _ in watched.error_responses} == {503}
+    assert watched.failed_requests == []
 
 
 def test_the_page_and_its_assets_are_served_without_a_key_and_stay_out_of_the_schema(

@@ -27,11 +27,11 @@ REPLAY_WAIT_S = 60.0
 """Longest wait for the standby to replay what the primary wrote (a failure, not a measurement)."""
 
 
-def _as_server_account(argv: list[str]) -> list[str]:
+def as_server_account(argv: list[str]) -> list[str]:
     return ["runuser", "-u", RUN_AS, "--", *argv] if os.geteuid() == 0 else argv
 
 
-def _hand_over(path: Path) -> None:
+def hand_over(path: Path) -> None:
     """A directory the server account owns and can reach (it walks down from /)."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
@@ -59,7 +59,7 @@ class Standby:
         self.socketdir = Path(tempfile.mkdtemp(prefix="stby-"))
         self.port = _free_port()
         self.slot = slot
-        _hand_over(self.socketdir)
+        hand_over(self.socketdir)
 
     def url(self, database: Database, *, app: bool = False) -> str:
         """``database`` (as its owner, or as the API's role) on the standby."""
@@ -69,8 +69,8 @@ class Standby:
     def base_backup(self) -> None:
         # A replication slot keeps the primary's WAL until the standby has it; fast checkpoint: no
         # wait for a spread one.
-        _hand_over(self.datadir.parent)
-        subprocess.run(_as_server_account([
+        hand_over(self.datadir.parent)
+        subprocess.run(as_server_account([
             str(PG_BIN / "pg_basebackup"), "-R", "-X", "stream", "-C", "-S", self.slot, "--checkpoint=fast",
             "-D", str(self.datadir), "-h", self.primary.host, "-p", str(self.primary.port),
             "-U", self.primary.user]), check=True, capture_output=True, timeout=120)

@@ -24,7 +24,7 @@ from api.settings import PROJECT_ROOT
 from tests.fix_api import Keys, settings_for
 from tests.fix_db import PG_BIN, Database
 from tests.fix_readings import NOW, iso
-from tests.fix_replica import REPLAY_WAIT_S, Standby, _as_server_account, _hand_over
+from tests.fix_replica import REPLAY_WAIT_S, Standby, as_server_account, hand_over
 
 MAX_LAG_S = 1.0
 VEHICLES = ("EV-R0", "EV-R1", "EV-R2")
@@ -254,7 +254,7 @@ def test_the_compose_replica_scripts_make_a_streaming_standby(database: Database
     assert "host replication replicator all scram-sha-256" in Path(server.datadir, "pg_hba.conf").read_text()
 
     standby = Standby(server, tmp_path, slot="unused")
-    _hand_over(tmp_path)
+    hand_over(tmp_path)
     entrypoint = ["env", f"PATH={env['PATH']}", f"PGDATA={standby.datadir}", f"PRIMARY_HOST={server.host}",
                   f"PRIMARY_PORT={server.port}", "REPLICATION_PASSWORD=test-replicator",
                   "sh", str(PROJECT_ROOT / "docker" / "replica-entrypoint.sh"),
@@ -263,7 +263,7 @@ def test_the_compose_replica_scripts_make_a_streaming_standby(database: Database
                   "-c", "shared_buffers=128MB", *shlex.split(server.postgres_options)]
     with open(standby.logfile, "wb") as log:
         # A session of its own: the signal at the end reaches PostgreSQL under runuser.
-        process = subprocess.Popen(_as_server_account(entrypoint), stdout=log, stderr=log, start_new_session=True)
+        process = subprocess.Popen(as_server_account(entrypoint), stdout=log, stderr=log, start_new_session=True)
     try:
         deadline = time.monotonic() + REPLAY_WAIT_S
         while True:

@@ -1,1 +1,1 @@
-"""Load generator: simulates the fleet and the EnergyGrid vendor API, over HTTP only."""
+"""Load generator: simulates the fleet (over HTTP, asynchronous HTTP or MQTT) and the EnergyGrid vendor API."""

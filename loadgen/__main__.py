@@ -38,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--verify", action="store_true", help="check storage and analytics afterwards")
         sub.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                          help="for --verify (or DATABASE_URL)")
+        sub.add_argument("--transport", choices=["http", "http-async", "mqtt"], default="http",
+                         help="http: 200 after commit; http-async: Prefer: respond-async, 202 once the log stored "
+                              "the batch; mqtt: QoS 1 to each device's topic, accepted at PUBACK")
+        sub.add_argument("--mqtt-url", default=os.environ.get("MQTT_URL", "mqtt://127.0.0.1:51883"),
+                         help="the broker, for --transport mqtt (or MQTT_URL); --concurrency connections")
+        sub.add_argument("--nats-url", default=os.environ.get("NATS_URL"),
+                         help="for --verify with an asynchronous transport: where the writers' backlog is read "
+                              "(or NATS_URL)")
+        sub.add_argument("--drain-timeout", default="300s",
+                         help="--verify with an asynchronous transport: how long to wait for the writers")
 
     mock = commands.add_parser("energygrid-mock", help="serve the mock EnergyGrid vendor API")
     mock.add_argument("--port", type=int, default=3000)
@@ -63,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("each meter feeds one vehicle's charger: --meters and --vehicles must be equal")
         if args.verify and not args.database_url:
             parser.error("--verify also reads the database: --database-url or DATABASE_URL")
+        if args.verify and args.transport != "http" and not args.nats_url:
+            parser.error("--verify after an asynchronous run waits for the writers: --nats-url or NATS_URL")
         report = run(RunOptions(
             url=args.url, api_key=args.api_key, devices=args.meters, mode=args.command, speedup=args.speedup,
             duration_s=parse_duration(args.duration), hours=args.hours, seed=args.seed, batch_size=args.batch_size,
             concurrency=args.concurrency, duplicate_rate=args.duplicate_rate, out_of_order_rate=args.out_of_order_rate,
             late_rate=args.late_rate, silent_rate=args.silent_rate,
             alert_window_s=parse_duration(args.alert_window), alert_silence_s=parse_duration(args.alert_silence),
-            report_path=args.report, verify=args.verify, database_url=args.database_url))
+            report_path=args.report, verify=args.verify, database_url=args.database_url, transport=args.transport,
+            mqtt_url=args.mqtt_url, nats_url=args.nats_url, drain_timeout_s=parse_duration(args.drain_timeout)))
         failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
         return 1 if failed else 0
     if args.command == "energygrid-mock":

@@ -1,5 +1,7 @@
 """A simulate or backfill run: register the links, generate the fleet's minutes, send them with the
-requested mess, pace them (simulate) or not (backfill), report and optionally verify."""
+requested mess through the chosen way in (HTTP, asynchronous HTTP or MQTT), pace them (simulate) or
+not (backfill), report and optionally verify (after the platform's log has drained, for the
+asynchronous ways in)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from loadgen.drain import wait_drained
 from loadgen.fleet import Fleet, Mess, meter_id, vehicle_id
+from loadgen.mqtt import DEFAULT_MQTT_URL, MqttPublisher, encode_messages
 from loadgen.sender import Sender
 from loadgen.verify import verify, verify_alerts
 
@@ -48,6 +52,17 @@ class RunOptions:
     report_path: Path | None = None
     verify: bool = False
     database_url: str | None = None
+    transport: str = "http"
+    """http (200 after commit), http-async (Prefer: respond-async, 202 once logged) or mqtt (QoS 1)."""
+    mqtt_url: str = DEFAULT_MQTT_URL
+    nats_url: str | None = None
+    """For --verify with an asynchronous transport: where to watch the writers drain the log."""
+    drain_timeout_s: float = 300.0
+    stream: str = "TELEMETRY"
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.transport != "http"
 
 
 def parse_duration(text: str) -> float:
@@ -60,7 +75,8 @@ def parse_duration(text: str) -> float:
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
     fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)
-    sender = Sender(opts.url, opts.api_key, opts.concurrency)
+    sender = Sender(opts.url, opts.api_key, opts.concurrency, asynchronous=opts.transport == "http-async")
+    publisher: Sender | MqttPublisher = sender
     now = datetime.now(UTC).replace(microsecond=0)
     if opts.mode == "backfill":
         minutes = int(opts.hours * 60)
@@ -80,6 +96,11 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         response = await sender.request("PUT", "/v1/vehicles/meters", links[i:i + 5000])
         if response.status_code != 200:
             raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
+    if opts.transport == "mqtt":
+        publisher = MqttPublisher(opts.mqtt_url, opts.api_key, opts.concurrency)
+    # A backfill over MQTT sends a device's readings of several minutes as one array: one step is that
+    # many minutes. Otherwise a step is one minute.
+    minutes_per_step = min(opts.batch_size, 60) if opts.transport == "mqtt" and opts.mode == "backfill" else 1
 
     generated: dict[str, tuple[int, float]] = {}
     # AC of charging minutes near the end of the run, per meter, for the faulty_charger alerts'
@@ -87,19 +108,24 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
     recent_ac: dict[str, list[tuple[datetime, float]]] = {}
     recent_from = end - timedelta(seconds=opts.alert_window_s) - timedelta(hours=1)
 
-    def prepare(m: int) -> list[tuple[bytes, int]]:
-        """Minute m's readings with the mess applied, encoded in batches. Runs in a worker thread, so
-        the event loop keeps reading responses (and timing them truly) meanwhile."""
-        readings = fleet.minute(start, m)
-        for r in readings:
-            device = r.get("meterId") or r["vehicleId"]
-            n, total = generated.get(device, (0, 0.0))
-            generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
-            if r.get("kwhConsumedAc") and start + timedelta(minutes=m) >= recent_from:
-                recent_ac.setdefault(device, []).append((datetime.fromisoformat(r["timestamp"]), r["kwhConsumedAc"]))
-        outgoing = mess.apply(m, readings)
-        if m == minutes - 1:
-            outgoing += mess.flush()
+    def prepare(step: int) -> list[tuple[object, int]]:
+        """The step's minutes of readings with the mess applied, encoded in batches (HTTP) or chunks of
+        messages (MQTT). Runs in a worker thread, so the event loop keeps reading responses (and timing
+        them truly) meanwhile."""
+        outgoing = []
+        for m in range(step * minutes_per_step, min(minutes, (step + 1) * minutes_per_step)):
+            readings = fleet.minute(start, m)
+            for r in readings:
+                device = r.get("meterId") or r["vehicleId"]
+                n, total = generated.get(device, (0, 0.0))
+                generated[device] = (n + 1, total + r.get("kwhConsumedAc", r.get("kwhDeliveredDc", 0.0)))
+                if r.get("kwhConsumedAc") and start + timedelta(minutes=m) >= recent_from:
+                    recent_ac.setdefault(device, []).append((datetime.fromisoformat(r["timestamp"]), r["kwhConsumedAc"]))
+            outgoing += mess.apply(m, readings)
+            if m == minutes - 1:
+                outgoing += mess.flush()
+        if opts.transport == "mqtt":
+            return encode_messages(outgoing, opts.batch_size if minutes_per_step > 1 else 1)
         batches = [outgoing[i:i + opts.batch_size] for i in range(0, len(outgoing), opts.batch_size)]
         return [(msgspec.json.encode(batch), len(batch)) for batch in batches]
 
@@ -107,42 +133,53 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(opts.mode, total=minutes, status="")
+        steps = math.ceil(minutes / minutes_per_step)
         upcoming = asyncio.create_task(asyncio.to_thread(prepare, 0))
-        for m in range(minutes):
+        for step in range(steps):
             batches = await upcoming
-            if m + 1 < minutes:  # the next minute is prepared while this one goes out
-                upcoming = asyncio.create_task(asyncio.to_thread(prepare, m + 1))
+            if step + 1 < steps:  # the next minute is prepared while this one goes out
+                upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
             for s, (body, rows) in enumerate(batches):
                 if minute_wall:  # spread the minute's readings over the minute, as devices would
-                    due = t0 + (m + s / len(batches)) * minute_wall
+                    due = t0 + (step + s / len(batches)) * minute_wall
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await sender.submit(body, rows)
-            st = sender.stats
-            status = (f"sent {st.sent:,}  inserted {st.inserted:,}  dup {st.duplicates:,}  "
-                      f"rejected {st.rejected:,}  failed {st.failed:,}")
-            progress.update(task, advance=1, status=status)
+                await publisher.submit(body, rows)
+            st = publisher.stats
+            outcome = (f"accepted {st.accepted:,}" if opts.asynchronous
+                       else f"inserted {st.inserted:,}  dup {st.duplicates:,}")
+            status = f"sent {st.sent:,}  {outcome}  rejected {st.rejected:,}  failed {st.failed:,}"
+            done = min(minutes, (step + 1) * minutes_per_step)
+            progress.update(task, completed=done, status=status)
             if not console.is_terminal and time.monotonic() - last_line >= 10:  # logs, CI, containers
-                console.print(f"{opts.mode}: minute {m + 1}/{minutes}, {status}")
+                console.print(f"{opts.mode}: minute {done}/{minutes}, {status}")
                 last_line = time.monotonic()
-        await sender.drain()
-    report = {"mode": opts.mode, "devices": 2 * opts.devices, "minutes": minutes, "window": {
-        "from": start.isoformat(), "to": end.isoformat()}, **sender.stats.report(),
-        "silent_devices": sorted(fleet.silent_devices), "silent_since": (start + timedelta(minutes=minutes // 2)).isoformat()}
-    await sender.close()
+        await publisher.drain()
+    report = {"mode": opts.mode, "transport": opts.transport, "devices": 2 * opts.devices, "minutes": minutes,
+              "window": {"from": start.isoformat(), "to": end.isoformat()},
+              **publisher.stats.report(opts.asynchronous),
+              "silent_devices": sorted(fleet.silent_devices), "silent_since": (start + timedelta(minutes=minutes // 2)).isoformat()}
+    await publisher.close()
+    if publisher is not sender:
+        await sender.close()
 
     if opts.verify:
+        if opts.asynchronous:
+            console.print(f"waiting for the writers to drain the log (at most {opts.drain_timeout_s:g} s) ...")
+            report["drain"] = await wait_drained(opts.nats_url, opts.drain_timeout_s, console, opts.stream)
         if before_verify:
             before_verify()
         charged = {vehicle_id(i) for i in range(opts.devices) if generated.get(meter_id(i), (0, 0.0))[1] >= 0.1}
         with httpx.Client(base_url=opts.url, headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=120) as api:
             problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=opts.devices,
-                              generated=generated, inserted=report["inserted"], failed=report["failed"],
+                              generated=generated, inserted=report.get("inserted"), failed=report["failed"],
                               ambiguous=report["ambiguous"],
                               charged_faulty=fleet.faulty_vehicles & charged)
             alerts = verify_alerts(api, fleet=fleet, devices=opts.devices, end=end, recent_ac=recent_ac,
                                    window=timedelta(seconds=opts.alert_window_s),
                                    silence=timedelta(seconds=opts.alert_silence_s), min_ac_kwh=opts.min_ac_kwh)
         problems += alerts.pop("problems")
+        if not report.get("drain", {"drained": True})["drained"]:
+            problems.insert(0, f"the log was not drained after {opts.drain_timeout_s:g} s")
         report["verification"] = {"passed": not problems, "problems": problems,
                                   "planted_faulty": sorted(fleet.faulty_vehicles & charged), "alerts": alerts}
     return report
@@ -152,9 +189,11 @@ def run(opts: RunOptions, console: Console | None = None, before_verify: Callabl
     console = console or Console(stderr=True)
     report = asyncio.run(_run(opts, console, before_verify))
     lat = report["latency_ms"]
+    outcome = (f"accepted {report['accepted']:,}" if opts.asynchronous
+               else f"inserted {report['inserted']:,}, duplicates {report['duplicates']:,}")
     console.print(
-        f"[bold]{opts.mode} done[/]: sent {report['sent']:,}, inserted {report['inserted']:,}, duplicates "
-        f"{report['duplicates']:,}, rejected {report['rejected']:,}, failed {report['failed']:,}; "
+        f"[bold]{opts.mode} done[/] ({opts.transport}): sent {report['sent']:,}, {outcome}, "
+        f"rejected {report['rejected']:,}, failed {report['failed']:,}; "
         f"{report['rows_per_s']:,} rows/s; latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms; "
         f"errors by status {report['errors_by_status'] or 'none'}")
     if "verification" in report:

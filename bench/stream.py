@@ -1,0 +1,306 @@
+"""Stream ingestion at 100x: the full fleet through synchronous HTTP, then through the log (async HTTP
+and MQTT, one writer and two), side by side: rows/s stored, end-to-end lag from the writers' histograms,
+each run verified; then a 20 s database outage under async HTTP, which only the writers see (their
+database connections go through a TCP proxy the benchmark cuts: the dev cluster keeps running)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import nats
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
+from api.stream.process import NatsServer, WriterProcess
+from bench.env import ApiProcess, create_key, free_port, fresh_database
+
+DATABASE = "telemetry_bench_stream"
+# (label, transport, writers)
+PATHS = [("sync HTTP", "http", 0), ("async HTTP, 1 writer", "http-async", 1), ("async HTTP, 2 writers", "http-async", 2),
+         ("MQTT, 1 writer", "mqtt", 1), ("MQTT, 2 writers", "mqtt", 2)]
+
+
+def _metrics(url: str) -> dict[str, float]:
+    samples = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def lag_quantiles(writers: list[dict[str, float]], quantiles: tuple[float, ...] = (0.5, 0.99)) -> dict:
+    """Quantiles of telemetry_stream_lag_seconds over several writers: their cumulative buckets added
+    up, the quantile interpolated linearly inside its bucket (as Prometheus' histogram_quantile)."""
+    buckets: dict[float, float] = {}
+    for samples in writers:
+        for name, value in samples.items():
+            if name.startswith("telemetry_stream_lag_seconds_bucket{"):
+                le = name.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + value
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    result = {"messages": int(total)}
+    for q in quantiles:
+        if not total:
+            result[f"p{round(q * 100)}_s"] = None
+            continue
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= rank:
+                if bound == float("inf"):  # beyond the last finite bucket: its bound is all we know
+                    value = lower
+                else:
+                    inside = buckets[bound] - below
+                    value = lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+                result[f"p{round(q * 100)}_s"] = round(value, 3)
+                break
+            lower, below = bound, buckets[bound]
+    return result
+
+
+def _committed(samples: dict[str, float]) -> float:
+    """Readings a writer has committed (new or duplicates)."""
+    return sum(v for k, v in samples.items() if k.startswith("telemetry_readings_total{")
+               and ('outcome="inserted"' in k or 'outcome="duplicate"' in k))
+
+
+def _stored_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM telemetry.{t}").fetchone()[0]
+                   for t in ("meter_readings", "vehicle_readings"))
+
+
+def _ingest_key(url: str, nats_server: NatsServer) -> str:
+    """A key with ingest, read and admin that may also publish over MQTT: its broker hash stored and the
+    broker's users rewritten (`python -m api broker-users`, as an operator runs it)."""
+    key = create_key(url)
+    with psycopg.connect(url) as conn:
+        conn.execute(SET_BROKER_HASH_SQL, (broker_hash(key), key.split("_", 2)[1]))
+    subprocess.run([sys.executable, "-m", "api", "broker-users", "--file", str(nats_server.users_file),
+                    "--pid-file", str(nats_server.pid_file)], check=True, capture_output=True,
+                   env={**os.environ, "DATABASE_URL": url, "NATS_URL": nats_server.url})
+    return key
+
+
+def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, transport: str, devices: int,
+             speedup: float, duration: str, batch_size: int, concurrency: int, tmp: Path) -> dict:
+    report = tmp / f"{transport}.json"
+    command = [sys.executable, "-m", "loadgen", "simulate", "--url", api.url, "--api-key", key,
+               "--meters", str(devices), "--vehicles", str(devices), "--speedup", str(speedup),
+               "--duration", duration, "--batch-size", str(batch_size), "--concurrency", str(concurrency),
+               "--transport", transport, "--mqtt-url", f"mqtt://127.0.0.1:{nats_server.mqtt_port}",
+               "--nats-url", nats_server.url, "--verify", "--database-url", url, "--report", str(report)]
+    finished = subprocess.run(command, check=False)
+    result = json.loads(report.read_text()) if report.exists() else {"error": "no report"}
+    result["exit_status"] = finished.returncode
+    return result
+
+
+def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: int, speedup: float, duration: str,
+              batch_size: int, concurrency: int, tmp: Path) -> dict:
+    url = fresh_database(DATABASE)
+    key = _ingest_key(url, nats_server)
+    procs = [WriterProcess(url, nats_server.url) for _ in range(writers)]
+    try:
+        with ApiProcess(url, NATS_URL=nats_server.url, DB_POOL_MAX=str(max(concurrency, 4)),
+                        ALERT_INTERVAL_S="0") as api:
+            run = _loadgen(api, key, url, nats_server, transport, devices, speedup, duration, batch_size,
+                           concurrency, tmp)
+        lag = lag_quantiles([w.metrics() for w in procs]) if procs else None
+    finally:
+        for w in procs:
+            w.stop()
+    stored = _stored_rows(url)
+    drain_s = run.get("drain", {}).get("wait_s", 0.0)
+    elapsed = run.get("elapsed_s", 0.0) + drain_s
+    verification = run.get("verification", {})
+    return {
+        "transport": transport, "writers": writers, "sent": run.get("sent"), "failed": run.get("failed"),
+        "errors_by_status": run.get("errors_by_status"), "sender_rows_per_s": run.get("rows_per_s"),
+        "stored": stored, "drain_after_run_s": drain_s,
+        "stored_rows_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
+        "request_latency_ms": run.get("latency_ms"), "lag": lag,
+        "verified": bool(verification.get("passed")), "problems": verification.get("problems", [])[:5],
+        "exit_status": run.get("exit_status"),
+    }
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the database (asyncio, in a thread of its own): cut() aborts every
+    connection through it and hangs up on new ones until restore(). Only the processes pointed at it
+    lose the database."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.open = True
+        self.connections: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections |= {writer, upstream_writer}
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.transport.abort()
+            self.connections.discard(writer)
+
+    def cut(self) -> None:
+        self.open = False
+        self.loop.call_soon_threadsafe(lambda: [w.transport.abort() for w in list(self.connections)])
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.server.close)
+
+
+async def _watch(nats_url: str, stream: str, api: ApiProcess, writers: list[WriterProcess], stop: threading.Event,
+                 samples: list[dict]) -> None:
+    """Every 0.5 s: the log's backlog (messages), the readings the API has published and the readings
+    the writers have committed."""
+    nc = await nats.connect(nats_url, name="bench-watch")
+    js = nc.jetstream(timeout=5)
+    started = time.monotonic()
+    try:
+        while not stop.is_set():
+            sample: dict = {"t": round(time.monotonic() - started, 2)}
+            try:
+                info = await js.consumer_info(stream, "writers")
+                sample["backlog_messages"] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                api_m = await asyncio.to_thread(_metrics, api.url)
+                sample["published"] = sum(v for k, v in api_m.items()
+                                          if k.startswith("telemetry_stream_published_readings_total{"))
+                sample["committed"] = sum([_committed(await asyncio.to_thread(w.metrics)) for w in writers])
+            except Exception as exc:  # noqa: BLE001  (a sample missed is a gap in the series, not a failure)
+                sample["error"] = type(exc).__name__
+            samples.append(sample)
+            await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
+def _outage(nats_server: NatsServer, writers: int, devices: int, speedup: float, duration: str, batch_size: int,
+            concurrency: int, outage_at_s: float, outage_s: float, tmp: Path) -> dict:
+    url = fresh_database(DATABASE)
+    key = _ingest_key(url, nats_server)
+    target = conninfo_to_dict(url)
+    proxy = CuttableProxy(target.get("host") or "127.0.0.1", int(target.get("port") or 5432))
+    through_proxy = make_conninfo(url, host="127.0.0.1", port=proxy.port)
+    procs = [WriterProcess(through_proxy, nats_server.url, DB_POOL_TIMEOUT="1") for _ in range(writers)]
+    samples: list[dict] = []
+    stop = threading.Event()
+    try:
+        with ApiProcess(url, NATS_URL=nats_server.url, DB_POOL_MAX=str(max(concurrency, 4)),
+                        ALERT_INTERVAL_S="0") as api:
+            watcher = threading.Thread(target=lambda: asyncio.run(
+                _watch(nats_server.url, "TELEMETRY", api, procs, stop, samples)), daemon=True)
+            watcher.start()
+            result: dict = {}
+            runner = threading.Thread(target=lambda: result.update(_loadgen(
+                api, key, url, nats_server, "http-async", devices, speedup, duration, batch_size, concurrency, tmp)))
+            started = time.monotonic()
+            runner.start()
+            time.sleep(outage_at_s)
+            cut_at = time.monotonic() - started
+            proxy.cut()
+            time.sleep(outage_s)
+            proxy.restore()
+            restored_at = time.monotonic() - started
+            runner.join()
+            stop.set()
+            watcher.join(10)
+    finally:
+        for w in procs:
+            w.stop()
+        proxy.close()
+    return {**_outage_figures(samples, cut_at, restored_at, speedup, devices), "writers": writers,
+            "outage_s": round(restored_at - cut_at, 1), "sent": result.get("sent"), "accepted": result.get("accepted"),
+            "failed": result.get("failed"), "rejected": result.get("rejected"),
+            "errors_by_status": result.get("errors_by_status"),
+            "device_visible_errors": (result.get("failed") or 0) + (result.get("rejected") or 0)
+            + sum((result.get("errors_by_status") or {}).values()),
+            "verified": bool(result.get("verification", {}).get("passed")),
+            "problems": result.get("verification", {}).get("problems", [])[:5], "stored": _stored_rows(url)}
+
+
+def _outage_figures(samples: list[dict], cut_at: float, restored_at: float, speedup: float, devices: int) -> dict:
+    """Backlog at the database's return and how fast the writers worked it off, against arrivals."""
+    good = [s for s in samples if "error" not in s]
+    arrival = 2 * devices * speedup / 60
+    at_restore = min(good, key=lambda s: abs(s["t"] - restored_at), default=None)
+    if at_restore is None:
+        return {"arrival_rows_per_s": round(arrival, 1)}
+    backlog_rows = at_restore["published"] - at_restore["committed"]
+    after = [s for s in good if s["t"] >= at_restore["t"]]
+    # Drained: committed caught up with published (to within one batch in flight).
+    drained = next((s for s in after if s["published"] - s["committed"] <= 0.01 * backlog_rows + 1000), None)
+    peak = max((s["backlog_messages"] for s in good), default=0)
+    figures = {"arrival_rows_per_s": round(arrival, 1), "backlog_rows_at_restore": int(backlog_rows),
+               "backlog_messages_peak": peak, "cut_at_s": round(cut_at, 1), "restored_at_s": round(restored_at, 1)}
+    if drained is not None and drained["t"] > at_restore["t"]:
+        span = drained["t"] - at_restore["t"]
+        rate = (drained["committed"] - at_restore["committed"]) / span
+        arrivals = (drained["published"] - at_restore["published"]) / span
+        figures.update(drain_s=round(span, 1), commit_rows_per_s_while_draining=round(rate, 1),
+                       arrival_rows_per_s_while_draining=round(arrivals, 1),
+                       drain_over_arrival=round(rate / arrivals, 2) if arrivals else None)
+    return figures
+
+
+def run(devices: int, speedup: float, duration: str, batch_size: int, concurrency: int, mqtt_connections: int,
+        outage_duration: str, outage_at_s: float = 15.0, outage_s: float = 20.0,
+        paths: list[tuple[str, str, int]] | None = None) -> dict:
+    result: dict = {"devices": 2 * devices, "speedup": speedup, "duration": duration, "batch_size": batch_size,
+                    "concurrency": concurrency, "mqtt_connections": mqtt_connections,
+                    "target_rows_per_s": round(2 * devices * speedup / 60, 1), "paths": []}
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        nats_server = NatsServer(Path(tmp) / "nats", port=free_port(), mqtt_port=free_port())
+        try:
+            for label, transport, writers in paths or PATHS:
+                print(f"stream: {label} ...", flush=True)
+                figures = _one_path(nats_server, transport, writers, devices, speedup, duration, batch_size,
+                                    mqtt_connections if transport == "mqtt" else concurrency, Path(tmp))
+                result["paths"].append({"path": label, **figures})
+            sync = next((p for p in result["paths"] if p["transport"] == "http"), None)
+            for p in result["paths"]:
+                p["ratio_to_sync"] = (round(p["stored_rows_per_s"] / sync["stored_rows_per_s"], 3)
+                                      if sync and sync["stored_rows_per_s"] else None)
+            if outage_s > 0:
+                print(f"stream: {outage_s:g} s database outage under async HTTP ...", flush=True)
+                result["outage"] = _outage(nats_server, 2, devices, speedup, outage_duration, batch_size, concurrency,
+                                           outage_at_s, outage_s, Path(tmp))
+        finally:
+            nats_server.stop()
+    return result

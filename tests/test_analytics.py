@@ -131,24 +131,75 @@ def test_series_equals_the_raw_computation(client, keys, loaded: Store) -> None:
                 assert (g["meterReadings"], g["vehicleReadings"]) == (w["meterReadings"], w["vehicleReadings"])
 
 
+def check_fleet(client: TestClient, key: str, store: Store, start: datetime, end: datetime) -> None:
+    response = client.get("/v1/analytics/fleet", params={"from": iso(start), "to": iso(end), "worst": 5},
+                          headers=Keys.header(key))
+    assert response.status_code == 200, response.text
+    fleet = response.json()
+    per_vehicle = {v: store.performance(v, start, end) for v in store.vehicle_ids(start, end)}
+    linked = [p for p in per_vehicle.values() if p["meterId"] is not None]
+    ac, dc = sum(p["acConsumedKwh"] for p in linked), sum(p["dcDeliveredKwh"] for p in linked)
+    assert fleet["vehicles"] == len(per_vehicle) and fleet["linkedVehicles"] == len(linked), (start, end, fleet)
+    assert close(fleet["acConsumedKwh"], ac) and close(fleet["dcDeliveredKwh"], dc), (start, end, fleet)
+    assert close(fleet["efficiency"], dc / ac if ac > 0 else None)
+    assert (fleet["meterReadings"], fleet["vehicleReadings"]) == (
+        sum(p["meterReadings"] for p in per_vehicle.values()), sum(p["vehicleReadings"] for p in per_vehicle.values()))
+    for verdict_name, count in fleet["verdicts"].items():
+        assert count == sum(p["verdict"] == verdict_name for p in per_vehicle.values())
+    ranked = sorted((p for p in per_vehicle.values() if p["verdict"] in ("healthy", "degraded", "faulty")),
+                    key=lambda p: (p["efficiency"], p["vehicleId"]))[:5]
+    assert [w["vehicleId"] for w in fleet["worst"]] == [p["vehicleId"] for p in ranked]
+
+
 def test_fleet_equals_the_raw_computation(client, keys, loaded: Store) -> None:
     rng = random.Random(3)
     for start, end in [random_window(rng) for _ in range(8)] + [(T0, T0 + SPAN)]:
-        response = client.get("/v1/analytics/fleet", params={"from": iso(start), "to": iso(end), "worst": 5},
-                              headers=Keys.header(keys.read))
-        assert response.status_code == 200, response.text
-        fleet = response.json()
-        per_vehicle = {v: loaded.performance(v, start, end) for v in loaded.vehicle_ids(start, end)}
-        linked = [p for p in per_vehicle.values() if p["meterId"] is not None]
-        ac, dc = sum(p["acConsumedKwh"] for p in linked), sum(p["dcDeliveredKwh"] for p in linked)
-        assert fleet["vehicles"] == len(per_vehicle) and fleet["linkedVehicles"] == len(linked)
-        assert close(fleet["acConsumedKwh"], ac) and close(fleet["dcDeliveredKwh"], dc)
-        assert close(fleet["efficiency"], dc / ac if ac > 0 else None)
-        for verdict_name, count in fleet["verdicts"].items():
-            assert count == sum(p["verdict"] == verdict_name for p in per_vehicle.values())
-        ranked = sorted((p for p in per_vehicle.values() if p["verdict"] in ("healthy", "degraded", "faulty")),
-                        key=lambda p: (p["efficiency"], p["vehicleId"]))[:5]
-        assert [w["vehicleId"] for w in fleet["worst"]] == [p["vehicleId"] for p in ranked]
+        check_fleet(client, keys.read, loaded, start, end)
+
+
+def edge_windows(store: Store) -> list[tuple[datetime, datetime]]:
+    """Windows whose ends sit on, just before and just after the boundaries where the parts of a window
+    change level (ten minutes, the half hour, the hour, three and six hours, noon and midnight), and
+    around the relink of the history."""
+    day = T0.replace(hour=0) + timedelta(days=1)
+    switch = next(link.start for link in store.links if link.start is not None)
+    second = timedelta(seconds=1)
+    windows = []
+    for offset in (timedelta(minutes=10), timedelta(minutes=5), timedelta(minutes=30), timedelta(minutes=35),
+                   HOUR, timedelta(hours=3), timedelta(hours=6), timedelta(hours=12)):
+        for nudge in (-second, 0 * second, second):
+            start = day + offset + nudge
+            windows += [(start, start + timedelta(hours=24)), (start, day + timedelta(hours=30) - offset - nudge)]
+    windows += [(switch - timedelta(minutes=7), switch + timedelta(hours=3, minutes=2)),
+                (switch - timedelta(hours=20, minutes=4), switch + timedelta(hours=4, seconds=3)),
+                (switch - timedelta(minutes=3), switch + timedelta(minutes=4)),
+                (switch.replace(minute=switch.minute // 10 * 10, second=0), switch + timedelta(hours=24))]
+    return windows
+
+
+def test_windows_with_edges_at_every_level_boundary_equal_the_raw_computation(client, keys, loaded: Store) -> None:
+    for start, end in edge_windows(loaded):
+        check_fleet(client, keys.read, loaded, start, end)
+        for vehicle in ("V-0", "V-1"):
+            check_performance(client, keys.read, loaded, vehicle, start, end)
+
+
+def test_ten_minute_aggregates_equal_the_raw_readings(conn, loaded: Store) -> None:
+    """The layer that carries the edges of every window holds each device's ten minutes exactly."""
+    for stream, rows, device in (("meter", loaded.meters, lambda r: r.meter_id),
+                                 ("vehicle", loaded.vehicles, lambda r: r.vehicle_id)):
+        want: dict[tuple[str, datetime], list[float]] = {}
+        for r in rows:
+            slot = r.time.replace(minute=r.time.minute // 10 * 10, second=0, microsecond=0)
+            acc = want.setdefault((device(r), slot), [0.0, 0])
+            acc[0] += r.kwh
+            acc[1] += 1
+        energy = "kwh_consumed_ac" if stream == "meter" else "kwh_delivered_dc"
+        got = {(d, b): (kwh, n) for d, b, kwh, n in conn.execute(
+            f"SELECT {stream}_id, bucket, {energy}, readings FROM telemetry.{stream}_energy_10m")}
+        assert got.keys() == want.keys()
+        for slot, (kwh, n) in want.items():
+            assert got[slot][1] == n and close(got[slot][0], kwh), slot
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -252,3 +303,43 @@ def test_answers_for_old_windows_survive_raw_retention(client, keys, conn, editi
                               headers=Keys.header(keys.read)).json()["points"]
     assert after == before and series_after == series_before
     assert before["meterReadings"] == 180 and close(before["acConsumedKwh"], sum(m.kwh for m in meters))
+
+
+def _ten_minute_rows(conn: psycopg.Connection, start: datetime, end: datetime) -> int:
+    return conn.execute(
+        """SELECT (SELECT count(*) FROM telemetry.meter_energy_10m WHERE bucket >= %(s)s AND bucket < %(e)s)
+                + (SELECT count(*) FROM telemetry.vehicle_energy_10m WHERE bucket >= %(s)s AND bucket < %(e)s)""",
+        {"s": start, "e": end}).fetchone()[0]
+
+
+def test_retention_drops_ten_minute_rows_with_the_raw_readings_and_keeps_the_hours(
+        client, keys, conn, edition: str) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    old, recent = now - timedelta(days=29, hours=12), now - timedelta(days=1)
+    client.put("/v1/vehicles/V-1/meter", json={"meterId": "M-1"}, headers=Keys.header(keys.ingest))
+    hours = [old, recent]
+    send(client, keys.ingest, [MeterRow("M-1", h + timedelta(minutes=m), 0.5, 230) for h in hours for m in range(60)],
+         [VehicleRow("V-1", h + timedelta(minutes=m), 50, 0.45, 30) for h in hours for m in range(60)])
+    run_refresh_policies(conn)
+    assert _ten_minute_rows(conn, old, old + HOUR) == _ten_minute_rows(conn, recent, recent + HOUR) == 12
+    window = {"from": iso(old), "to": iso(old + HOUR)}
+    before = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
+
+    # Raw readings (and with them the ten-minute rows) kept 15 days: the old hour's go, at the same
+    # time (Community: the chunk of ten-minute rows, up to 10 days wide, ends by then).
+    conn.execute("SELECT telemetry.set_retention(INTERVAL '15 days')")
+    if edition == "community":
+        jobs = conn.execute(
+            """SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'
+               AND hypertable_name IN ('meter_readings', 'vehicle_readings', 'meter_energy_10m', 'vehicle_energy_10m')"""
+        ).fetchall()
+        assert len(jobs) == 4
+        for (job,) in jobs:
+            conn.execute("CALL run_job(%s)", (job,))
+    else:
+        conn.execute("SELECT * FROM telemetry.run_maintenance()")
+
+    assert _ten_minute_rows(conn, old, old + HOUR) == 0
+    assert _ten_minute_rows(conn, recent, recent + HOUR) == 12
+    after = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
+    assert after == before and after["meterReadings"] == 60 and close(after["acConsumedKwh"], 30.0)

@@ -1,5 +1,5 @@
-"""How soon an accepted reading counts: a late reading is in every answer (hourly, six-hour, daily)
-after the refresh runs that are scheduled every 5 minutes (Community), or at once (Apache)."""
+"""How soon an accepted reading counts: a late reading is in every answer (ten-minute, hourly, six-hour,
+daily) after the refresh runs that are scheduled every 5 minutes (Community), or at once (Apache)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _send(client: TestClient, key: str, body: list[dict]) -> None:
 
 
 def _answers(client: TestClient, key: str) -> dict[str, float]:
-    """AC per answer kind: whole days (daily rows), a day of whole six-hour blocks, hourly and daily series."""
+    """AC per answer kind: whole days (daily rows), a day of whole six-hour blocks, a day with edges inside
+    ten-minute slots, hourly and daily series."""
     headers = Keys.header(key)
 
     def performance(start: datetime, end: datetime) -> float:
@@ -68,6 +69,9 @@ def _answers(client: TestClient, key: str) -> dict[str, float]:
     return {
         "three days": performance(D0, D0 + 3 * DAY),
         "six-hour blocks": performance(D0 + DAY + timedelta(hours=6), D0 + 2 * DAY + timedelta(hours=6)),
+        # Edges inside ten-minute slots: the late reading's slot row, less two minutes of raw readings.
+        "ten-minute edges": performance(D0 + DAY + timedelta(hours=12, minutes=2),
+                                        D0 + 2 * DAY + timedelta(hours=12, minutes=3)),
         "hourly series": series("1h"),
         "daily series": series("1d"),
         "fleet": fleet.json()["acConsumedKwh"],

@@ -13,12 +13,16 @@ from api.schema.migrations import MigrationError, check, migrate
 from tests.fix_db import SQL_DIR, Database
 
 AGGREGATE_COLUMNS = {
+    "meter_energy_10m": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
+                         "voltage_max", "readings"],
     "meter_energy_hourly": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
                             "voltage_max", "readings"],
     "meter_energy_6h": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
                         "voltage_max", "readings"],
     "meter_energy_daily": ["meter_id", "bucket", "kwh_consumed_ac", "voltage_sum", "voltage_min",
                            "voltage_max", "readings"],
+    "vehicle_energy_10m": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
+                           "battery_temp_max", "soc_min", "soc_max", "readings"],
     "vehicle_energy_hourly": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
                               "battery_temp_max", "soc_min", "soc_max", "readings"],
     "vehicle_energy_6h": ["vehicle_id", "bucket", "kwh_delivered_dc", "battery_temp_sum", "battery_temp_min",
@@ -49,11 +53,13 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
          "0004_energygrid.sql", "0005_energygrid_policies.community.sql",
          "0006_refresh_closed_hours.community.sql", "0007_six_hour_aggregates.community.sql",
          "0008_retention_settings.sql", "0009_chained_refresh.community.sql", "0010_one_vehicle_per_meter.sql",
-         "0011_alerts.sql", "0012_broker_credentials.sql")
+         "0011_alerts.sql", "0012_broker_credentials.sql", "0013_ten_minute_meter_energy.community.sql",
+         "0014_ten_minute_vehicle_energy.community.sql")
         if empty_database.edition == "community"
         else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql",
               "0007_six_hour_aggregates.apache.sql", "0008_retention_settings.sql",
-              "0010_one_vehicle_per_meter.sql", "0011_alerts.sql", "0012_broker_credentials.sql")
+              "0010_one_vehicle_per_meter.sql", "0011_alerts.sql", "0012_broker_credentials.sql",
+              "0013_ten_minute_energy.apache.sql")
     )
     with empty_database.connect() as conn:
         ledger = conn.execute("SELECT version, name, edition FROM telemetry.schema_migrations ORDER BY 1").fetchall()
@@ -245,6 +251,7 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
     assert [str(interval) for (interval,) in refresh] == ["0:05:00"]
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
+    assert by_kind["policy_retention"]["vehicle_energy_10m"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["meter_energy_hourly"]["drop_after"] == "2 years"
     assert by_kind["policy_retention"]["vehicle_energy_6h"]["drop_after"] == "2 years"
     assert "meter_energy_daily" not in by_kind["policy_retention"]

@@ -1,14 +1,17 @@
 -- Apache edition: the aggregate tables are kept exact by the ingest transaction, from the rows it
--- inserted (never from duplicates), hourly, six-hourly and daily in one statement. Rows are upserted
+-- inserted (never from duplicates), ten-minute, hourly, six-hourly and daily in one statement. Rows are upserted
 -- in key order so that concurrent ingests lock them in the same order.
 
 CREATE OR REPLACE FUNCTION telemetry.aggregates_maintained_by_ingest() RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT true $$;
 
--- telemetry.add_meter_energy(hours) and telemetry.add_vehicle_energy(hours) are generated here from
--- one template: per stream, one upsert per aggregate table (the batch's hourly rows as they are, or
--- rolled up to six hours or a day), all merging rows by the stream's rule, in one static statement
--- (no dynamic SQL on the ingest path). They return how many aggregate rows they wrote.
+-- telemetry.add_meter_energy(slots) and telemetry.add_vehicle_energy(slots) are generated here from
+-- one template: per stream, one upsert per aggregate table (the batch's ten-minute rows as they are,
+-- or rolled up to an hour, six hours or a day), all merging rows by the stream's rule, in one static
+-- statement (no dynamic SQL on the ingest path). They return how many aggregate rows they wrote.
+-- (Their argument was named hours when the finest level was hourly: a renamed argument needs a drop.)
+DROP FUNCTION IF EXISTS telemetry.add_meter_energy(telemetry.meter_energy_hourly[]),
+                        telemetry.add_vehicle_energy(telemetry.vehicle_energy_hourly[]);
 DO $do$
 DECLARE
     s record;
@@ -45,16 +48,17 @@ BEGIN
         RETURNING 1
     )$u$,
                    l.level, format('%s_energy_%s', s.stream, l.level),
-                   CASE WHEN l.width IS NULL THEN 'SELECT * FROM unnest(hours)'
-                        ELSE format('SELECT %I, time_bucket(%L::interval, bucket), %s FROM unnest(hours) GROUP BY 1, 2',
+                   CASE WHEN l.width IS NULL THEN 'SELECT * FROM unnest(slots)'
+                        ELSE format('SELECT %I, time_bucket(%L::interval, bucket), %s FROM unnest(slots) GROUP BY 1, 2',
                                     s.stream || '_id', l.width, s.rollup) END,
                    s.stream || '_id', s.merge), ', ' ORDER BY l.n),
                string_agg(format('(SELECT count(*) FROM %I)', l.level), ' + ' ORDER BY l.n)
         INTO upserts, counts
-        FROM (VALUES (1, 'hourly', NULL::interval), (2, '6h', INTERVAL '6 hours'), (3, 'daily', INTERVAL '1 day'))
+        FROM (VALUES (1, '10m', NULL::interval), (2, 'hourly', INTERVAL '1 hour'), (3, '6h', INTERVAL '6 hours'),
+                     (4, 'daily', INTERVAL '1 day'))
              AS l(n, level, width);
         EXECUTE format($f$
-CREATE OR REPLACE FUNCTION telemetry.%1$I(hours telemetry.%2$I[]) RETURNS bigint
+CREATE OR REPLACE FUNCTION telemetry.%1$I(slots telemetry.%2$I[]) RETURNS bigint
 LANGUAGE sql STRICT AS $body$
     WITH %3$s
     SELECT %4$s
@@ -63,6 +67,8 @@ $body$$f$, format('add_%s_energy', s.stream), format('%s_energy_hourly', s.strea
 END $do$;
 
 -- The aggregate tables are always complete: everything is "materialized".
+CREATE OR REPLACE VIEW telemetry.meter_energy_10m_materialized AS SELECT * FROM telemetry.meter_energy_10m;
+CREATE OR REPLACE VIEW telemetry.vehicle_energy_10m_materialized AS SELECT * FROM telemetry.vehicle_energy_10m;
 CREATE OR REPLACE VIEW telemetry.meter_energy_hourly_materialized AS SELECT * FROM telemetry.meter_energy_hourly;
 CREATE OR REPLACE VIEW telemetry.vehicle_energy_hourly_materialized AS SELECT * FROM telemetry.vehicle_energy_hourly;
 CREATE OR REPLACE VIEW telemetry.meter_energy_6h_materialized AS SELECT * FROM telemetry.meter_energy_6h;

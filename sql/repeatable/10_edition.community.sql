@@ -3,13 +3,16 @@
 CREATE OR REPLACE FUNCTION telemetry.aggregates_maintained_by_ingest() RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT false $$;
 
-CREATE OR REPLACE FUNCTION telemetry.add_meter_energy(hours telemetry.meter_energy_hourly[]) RETURNS bigint
+DROP FUNCTION IF EXISTS telemetry.add_meter_energy(telemetry.meter_energy_hourly[]),
+                        telemetry.add_vehicle_energy(telemetry.vehicle_energy_hourly[]);
+
+CREATE FUNCTION telemetry.add_meter_energy(slots telemetry.meter_energy_hourly[]) RETURNS bigint
 LANGUAGE plpgsql STRICT AS $$
 BEGIN
     RAISE EXCEPTION 'continuous aggregates maintain themselves on the Community edition';
 END $$;
 
-CREATE OR REPLACE FUNCTION telemetry.add_vehicle_energy(hours telemetry.vehicle_energy_hourly[]) RETURNS bigint
+CREATE FUNCTION telemetry.add_vehicle_energy(slots telemetry.vehicle_energy_hourly[]) RETURNS bigint
 LANGUAGE plpgsql STRICT AS $$
 BEGIN
     RAISE EXCEPTION 'continuous aggregates maintain themselves on the Community edition';

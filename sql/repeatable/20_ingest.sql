@@ -1,7 +1,8 @@
 -- The write path: the API COPYs a request's readings into per-session staging tables, then one call
 -- per stream moves them into the hypertable. ON CONFLICT DO NOTHING makes a repeated reading a
 -- counted duplicate, never a second row; only newly inserted rows reach the current state (newest
--- "time" wins, whatever the arrival order) and, on Apache, the aggregate tables.
+-- "time" wins, whatever the arrival order) and, on Apache, the aggregate tables (the batch's
+-- ten-minute rows, which telemetry.add_*_energy roll up to the coarser levels).
 
 CREATE OR REPLACE FUNCTION telemetry.prepare_staging() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -35,10 +36,10 @@ BEGIN
             voltage = excluded.voltage, received_at = now()
         WHERE s.time < excluded.time
     ), energy AS (
-        SELECT telemetry.add_meter_energy(hours) FROM (
+        SELECT telemetry.add_meter_energy(slots) FROM (
             SELECT array_agg(ROW(meter_id, bucket, kwh, vsum, vmin, vmax, n)::telemetry.meter_energy_hourly
-                             ORDER BY meter_id, bucket) AS hours
-            FROM (SELECT meter_id, time_bucket(INTERVAL '1 hour', time) AS bucket, sum(kwh_consumed_ac) AS kwh,
+                             ORDER BY meter_id, bucket) AS slots
+            FROM (SELECT meter_id, time_bucket(INTERVAL '10 minutes', time) AS bucket, sum(kwh_consumed_ac) AS kwh,
                          sum(voltage) AS vsum, min(voltage) AS vmin, max(voltage) AS vmax, count(*) AS n
                   FROM ins GROUP BY 1, 2) g
         ) h
@@ -70,10 +71,10 @@ BEGIN
             battery_temp = excluded.battery_temp, received_at = now()
         WHERE s.time < excluded.time
     ), energy AS (
-        SELECT telemetry.add_vehicle_energy(hours) FROM (
+        SELECT telemetry.add_vehicle_energy(slots) FROM (
             SELECT array_agg(ROW(vehicle_id, bucket, kwh, tsum, tmin, tmax, smin, smax, n)::telemetry.vehicle_energy_hourly
-                             ORDER BY vehicle_id, bucket) AS hours
-            FROM (SELECT vehicle_id, time_bucket(INTERVAL '1 hour', time) AS bucket, sum(kwh_delivered_dc) AS kwh,
+                             ORDER BY vehicle_id, bucket) AS slots
+            FROM (SELECT vehicle_id, time_bucket(INTERVAL '10 minutes', time) AS bucket, sum(kwh_delivered_dc) AS kwh,
                          sum(battery_temp) AS tsum, min(battery_temp) AS tmin, max(battery_temp) AS tmax,
                          min(soc) AS smin, max(soc) AS smax, count(*) AS n
                   FROM ins GROUP BY 1, 2) g

@@ -6,6 +6,7 @@
 DROP FUNCTION IF EXISTS telemetry.run_maintenance(interval, interval);
 
 -- Every relation that retention applies to, with how long it is kept (daily aggregates: forever).
+-- The ten-minute aggregates serve only the edges of windows, and are kept as long as raw readings.
 CREATE OR REPLACE FUNCTION telemetry.retention_targets()
 RETURNS TABLE (relation regclass, keep_for interval)
 LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
@@ -13,6 +14,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
     FROM telemetry.retention keep,
          (VALUES ('telemetry.meter_readings', 'raw'), ('telemetry.vehicle_readings', 'raw'),
                  ('telemetry.energygrid_readings', 'raw'),
+                 ('telemetry.meter_energy_10m', 'raw'), ('telemetry.vehicle_energy_10m', 'raw'),
                  ('telemetry.meter_energy_hourly', 'hourly'), ('telemetry.vehicle_energy_hourly', 'hourly'),
                  ('telemetry.meter_energy_6h', 'hourly'), ('telemetry.vehicle_energy_6h', 'hourly')) AS t(rel, kind)
 $$;

@@ -1,7 +1,8 @@
--- The refresh job of the continuous aggregates (registered by 0009_chained_refresh): hourly first,
--- then the six-hour and daily aggregates built on them, each committed on its own.
+-- The refresh job of the continuous aggregates (registered by 0009_chained_refresh): ten-minute and
+-- hourly first (both read the raw readings), then the six-hour and daily aggregates built on the
+-- hourly ones, each committed on its own.
 --
--- Windows: an hour is materialized once it is 5 minutes closed, as far back as raw readings are
+-- Windows: a ten-minute slot or an hour is materialized once it is 5 minutes closed, as far back as raw readings are
 -- kept (telemetry.retention), so a reading accepted late is materialized before its chunk expires.
 -- The coarser levels read the hourly rows 5 days further back than that, inside the hourly
 -- retention. Blocks and days are materialized once closed, in the same run as their last hour.
@@ -14,7 +15,8 @@ DECLARE
     agg regclass;
 BEGIN
     SELECT * INTO STRICT keep FROM telemetry.retention;
-    FOREACH agg IN ARRAY ARRAY['telemetry.meter_energy_hourly', 'telemetry.vehicle_energy_hourly']::regclass[] LOOP
+    FOREACH agg IN ARRAY ARRAY['telemetry.meter_energy_10m', 'telemetry.vehicle_energy_10m',
+                               'telemetry.meter_energy_hourly', 'telemetry.vehicle_energy_hourly']::regclass[] LOOP
         CALL refresh_continuous_aggregate(agg, refreshed_at - keep.raw_readings, refreshed_at - INTERVAL '5 minutes');
         COMMIT;
     END LOOP;

@@ -1,15 +1,22 @@
 -- Charging-efficiency analytics, exact for any window [from, to).
 --
--- A window is cut into parts: raw readings for the partial hours at its edges (and for whole hours
--- past the hourly aggregate's watermark, as real-time aggregation does), materialized hourly rows
--- for whole hours, and, where asked, materialized six-hour rows for whole six-hour blocks and daily
--- rows for whole UTC days inside them. Every part lies inside one hour, one block or one day, so
--- sums over the parts equal sums over the raw readings, and grouping them by hour or day gives
--- exact series. A 24-hour window reads about 30 materialized rows per device and stream, and raw
--- readings only for its partial hours.
+-- A window is written as a signed sum of parts, each read from one level: raw readings, ten-minute,
+-- hourly, six-hour and daily rows. Going up one level, each end of the window moves to the nearest
+-- boundary of that level, and the stretch between the old and the new end is added where the end moved
+-- inwards and subtracted where it moved outwards, read at the finer level:
 --
--- Cost model: the bounds and the watermarks are computed once per query into plain values
--- (telemetry.window_parts); the parts are read by one inlinable query (telemetry.energy_pieces)
+--   W(from, to) = W(from, a) + W(a, A) + ... + W(A, B) + ... + W(B, b) + W(b, to)
+--
+-- where W(x, y) = -W(y, x). Sums and counts subtract exactly (to floating-point rounding), so an
+-- edge anywhere in an hour costs at most five minutes of raw readings and three ten-minute rows per
+-- device, and a day that is mostly inside the window is read as the day minus a few hours, never as
+-- 24 hourly rows. Every part is whole rows of one level, never wider than an hour in hourly series
+-- or a day in daily ones, so grouping the signed parts by hour or day gives exact series. A level is used only where it is materialized (its watermark; the
+-- Apache tables always are): past the watermark the finer level carries the window, as real-time
+-- aggregation does.
+--
+-- Cost model: the cuts and the watermarks are computed once per query into plain values
+-- (telemetry.window_cuts); the parts are read by one inlinable query (telemetry.energy_pieces)
 -- whose predicates compare columns with those values only. A stable expression left in a filter
 -- would be evaluated for every row, and the watermark through TimescaleDB's real-time views for
 -- every row too. Per-device reads run on generic plans: planned once per session, TimescaleDB
@@ -37,230 +44,200 @@ DROP FUNCTION IF EXISTS telemetry.energy_totals(text, timestamptz, timestamptz, 
 DROP FUNCTION IF EXISTS telemetry.tail_start(timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS telemetry.days_start(timestamptz, timestamptz, boolean);
 DROP FUNCTION IF EXISTS telemetry.days_end(timestamptz, timestamptz, boolean);
+DROP FUNCTION IF EXISTS telemetry.materialized_range(timestamptz, timestamptz, interval, regclass),
+                        telemetry.bucket_ceil(interval, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.energy_pieces(text, timestamptz, timestamptz, timestamptz, timestamptz, timestamptz,
+                                                timestamptz, timestamptz, timestamptz, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS telemetry.energy_totals(text, timestamptz, timestamptz, timestamptz, timestamptz, timestamptz,
+                                                timestamptz, timestamptz, timestamptz, timestamptz, timestamptz);
 
--- The first bucket boundary of the given width at or after ts.
-CREATE OR REPLACE FUNCTION telemetry.bucket_ceil(width interval, ts timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN time_bucket(width, ts) = ts THEN ts ELSE time_bucket(width, ts) + width END
-$$;
-
--- The whole buckets of an aggregate of the given width inside [p_from, p_to) that it has
--- materialized, as [lo, hi); empty when lo >= hi (the watermark is read only when some fit).
-CREATE OR REPLACE FUNCTION telemetry.materialized_range(
-    p_from timestamptz, p_to timestamptz, width interval, aggregate regclass,
-    OUT lo timestamptz, OUT hi timestamptz)
-LANGUAGE plpgsql STABLE AS $$
+-- Every row a window can be read from, both streams and every level in one shape: device, start,
+-- energy, the sum of the averaged quantity (voltage for meters, battery temperature for vehicles)
+-- and the number of readings. Raw readings are one-reading rows; the aggregates are their
+-- materialized rows (continuous aggregates on Community, tables on Apache). A query for one grain
+-- and one stream keeps only that branch, while planning. Generated: one branch per level and stream.
+DROP VIEW IF EXISTS telemetry.energy_readings, telemetry.energy_materialized;
+DO $do$
 BEGIN
-    lo := telemetry.bucket_ceil(width, p_from);
-    hi := time_bucket(width, p_to);
-    IF lo < hi THEN
-        hi := least(hi, telemetry.aggregate_watermark(aggregate));
-    END IF;
-END $$;
+    EXECUTE 'CREATE OR REPLACE VIEW telemetry.energy_rows AS' || string_agg(format($b$
+    SELECT %L::text AS grain, %L::text AS stream, %I::text AS device_id, %I AS bucket, %I AS kwh,
+           %I AS level_sum, %s AS readings
+    FROM telemetry.%I$b$,
+        l.grain, s.stream, s.stream || '_id', CASE WHEN l.suffix IS NULL THEN 'time' ELSE 'bucket' END, s.kwh,
+        CASE WHEN l.suffix IS NULL THEN s.level ELSE s.level || '_sum' END,
+        CASE WHEN l.suffix IS NULL THEN '1' ELSE 'readings::integer' END,
+        CASE WHEN l.suffix IS NULL THEN s.stream || '_readings'
+             ELSE format('%s_energy_%s_materialized', s.stream, l.suffix) END),
+        E'\n    UNION ALL' ORDER BY l.n, s.stream)
+    FROM (VALUES (1, 'raw', NULL), (2, '10m', '10m'), (3, 'hour', 'hourly'), (4, '6h', '6h'), (5, 'day', 'daily'))
+             AS l(n, grain, suffix),
+         (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
+             AS s(stream, kwh, level);
+END $do$;
 
--- Both streams in one shape: device, time, energy of the interval, and the quantity averaged over
--- the readings (voltage for meters, battery temperature for vehicles).
-CREATE OR REPLACE VIEW telemetry.energy_readings AS
-    SELECT 'meter'::text AS stream, meter_id::text AS device_id, time, kwh_consumed_ac AS kwh, voltage AS level
-    FROM telemetry.meter_readings
-    UNION ALL
-    SELECT 'vehicle'::text, vehicle_id::text, time, kwh_delivered_dc, battery_temp
-    FROM telemetry.vehicle_readings;
+-- The parts of a window for one stream: per level (1 raw, 2 ten minutes, 3 hours, 4 six-hour
+-- blocks, 5 days), a head stretch W(head_from[l], head_to[l]) and a tail stretch W(tail_from[l],
+-- tail_to[l]), each empty when its ends are equal.
+DROP TYPE IF EXISTS telemetry.window_cut CASCADE;
+CREATE TYPE telemetry.window_cut AS (
+    head_from timestamptz[], head_to timestamptz[], tail_from timestamptz[], tail_to timestamptz[]);
 
--- The materialized rows of the aggregates (continuous aggregates on Community, tables on Apache),
--- hourly, six-hourly and daily: per bucket, the energy, the sum of the averaged quantity and the number of
--- readings. A query for one grain and one stream keeps only that branch, while planning.
-CREATE OR REPLACE VIEW telemetry.energy_materialized AS
-    SELECT 'hour'::text AS grain, 'meter'::text AS stream, meter_id::text AS device_id, bucket,
-           kwh_consumed_ac AS kwh, voltage_sum AS level_sum, readings::integer AS readings
-    FROM telemetry.meter_energy_hourly_materialized
-    UNION ALL
-    SELECT 'hour', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
-    FROM telemetry.vehicle_energy_hourly_materialized
-    UNION ALL
-    SELECT '6h', 'meter', meter_id::text, bucket, kwh_consumed_ac, voltage_sum, readings::integer
-    FROM telemetry.meter_energy_6h_materialized
-    UNION ALL
-    SELECT '6h', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
-    FROM telemetry.vehicle_energy_6h_materialized
-    UNION ALL
-    SELECT 'day', 'meter', meter_id::text, bucket, kwh_consumed_ac, voltage_sum, readings::integer
-    FROM telemetry.meter_energy_daily_materialized
-    UNION ALL
-    SELECT 'day', 'vehicle', vehicle_id::text, bucket, kwh_delivered_dc, battery_temp_sum, readings::integer
-    FROM telemetry.vehicle_energy_daily_materialized;
-
--- The parts of [p_from, p_to) for one stream:
---   raw readings   [p_from, head_to)  and  [tail_from, p_to)
---   hourly rows    [hours_from, hours_to), except the blocks and the days below
---   six-hour rows  [blocks_from, blocks_to), except the days below
---   daily rows     [days_from, days_to)
--- Hours at or past the hourly watermark are raw (in the tail part). Blocks and days are used only
--- when asked (p_coarse: not for hourly series) and only where their own aggregate is materialized
--- too; an unused coarse range is empty (from = to), which excludes no finer row.
-CREATE OR REPLACE FUNCTION telemetry.window_parts(
-    p_stream text, p_from timestamptz, p_to timestamptz, p_coarse boolean DEFAULT true,
-    OUT head_to timestamptz, OUT tail_from timestamptz, OUT hours_from timestamptz, OUT hours_to timestamptz,
-    OUT blocks_from timestamptz, OUT blocks_to timestamptz, OUT days_from timestamptz, OUT days_to timestamptz)
+-- The cuts of [p_from, p_to). Going up from level to level, the current ends x <= y move to the
+-- nearest boundaries X <= Y of the next level; W(x, X) and W(Y, y) stay at the current level, and
+-- the middle W(X, Y) goes on up; the last level used holds the middle as its head. A level is not
+-- used when the ends would meet (a short window: climbing would read more than it saves), nor past
+-- what it has materialized: Y stays at or before its watermark and the current level's. Hourly
+-- series (p_coarse false) stop at hours.
+CREATE OR REPLACE FUNCTION telemetry.window_cuts(
+    p_stream text, p_from timestamptz, p_to timestamptz, p_coarse boolean DEFAULT true)
+RETURNS telemetry.window_cut
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    h0 timestamptz := telemetry.bucket_ceil(INTERVAL '1 hour', p_from);
-    h1 timestamptz := time_bucket(INTERVAL '1 hour', p_to);
-    hourly_mark timestamptz := telemetry.aggregate_watermark(
-        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_hourly'::regclass
-                      ELSE 'telemetry.vehicle_energy_hourly'::regclass END);
-    r record;
+    widths interval[] := ARRAY[INTERVAL '10 minutes', INTERVAL '1 hour', INTERVAL '6 hours', INTERVAL '1 day'];
+    aggregates regclass[] := CASE p_stream
+        WHEN 'meter' THEN ARRAY['telemetry.meter_energy_10m', 'telemetry.meter_energy_hourly',
+                                'telemetry.meter_energy_6h', 'telemetry.meter_energy_daily']::regclass[]
+        ELSE ARRAY['telemetry.vehicle_energy_10m', 'telemetry.vehicle_energy_hourly',
+                   'telemetry.vehicle_energy_6h', 'telemetry.vehicle_energy_daily']::regclass[] END;
+    none timestamptz[] := array_fill(p_from, ARRAY[5]);
+    cut telemetry.window_cut := (none, none, none, none);
+    level integer := 1;  -- the level of x and y
+    level_mark timestamptz := 'infinity';
+    x timestamptz := p_from;
+    y timestamptz := p_to;
+    mark timestamptz;
+    limit_ timestamptz;
+    nx timestamptz;
+    ny timestamptz;
 BEGIN
-    head_to := least(h0, p_to);
-    tail_from := greatest(h0, least(hourly_mark, h1));
-    hours_from := h0;
-    hours_to := least(h1, hourly_mark);
-    blocks_from := h0;
-    blocks_to := h0;
-    days_from := h0;
-    days_to := h0;
-    IF NOT p_coarse THEN
-        RETURN;
-    END IF;
-    r := telemetry.materialized_range(h0, hours_to, INTERVAL '6 hours',
-        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_6h'::regclass
-                      ELSE 'telemetry.vehicle_energy_6h'::regclass END);
-    IF r.lo < r.hi THEN
-        blocks_from := r.lo;
-        blocks_to := r.hi;
-    END IF;
-    r := telemetry.materialized_range(h0, hours_to, INTERVAL '1 day',
-        CASE p_stream WHEN 'meter' THEN 'telemetry.meter_energy_daily'::regclass
-                      ELSE 'telemetry.vehicle_energy_daily'::regclass END);
-    IF r.lo < r.hi THEN
-        days_from := r.lo;
-        days_to := r.hi;
-    END IF;
+    FOR k IN 1 .. CASE WHEN p_coarse THEN 4 ELSE 2 END LOOP
+        nx := time_bucket(widths[k], x + widths[k] / 2);
+        ny := time_bucket(widths[k], y + widths[k] / 2);
+        EXIT WHEN nx >= ny;
+        mark := telemetry.aggregate_watermark(aggregates[k]);
+        limit_ := least(mark, level_mark);
+        IF ny > limit_ THEN
+            CONTINUE WHEN NOT isfinite(limit_);
+            ny := least(time_bucket(widths[k], y), time_bucket(widths[k], limit_));
+            CONTINUE WHEN nx >= ny;
+        END IF;
+        cut.head_from[level] := x;
+        cut.head_to[level] := nx;
+        cut.tail_from[level] := ny;
+        cut.tail_to[level] := y;
+        x := nx;
+        y := ny;
+        level := k + 1;
+        level_mark := mark;
+    END LOOP;
+    cut.head_from[level] := x;
+    cut.head_to[level] := y;
+    RETURN cut;
 END $$;
 
--- Every reading of a stream in [p_from, p_to), as parts (one raw reading, one hour, one block or one
--- day each), given the bounds from telemetry.window_parts. Inlined into its caller: a device filter
--- on the result is pushed down into every branch and reaches the (device, time) indexes.
-CREATE OR REPLACE FUNCTION telemetry.energy_pieces(
-    p_stream text, p_from timestamptz, p_to timestamptz, p_head_to timestamptz, p_tail_from timestamptz,
-    p_hours_from timestamptz, p_hours_to timestamptz, p_blocks_from timestamptz, p_blocks_to timestamptz,
-    p_days_from timestamptz, p_days_to timestamptz)
-RETURNS TABLE (device_id text, piece_start timestamptz, kwh double precision, level_sum double precision,
-               readings integer)
-LANGUAGE sql STABLE AS $$
-    SELECT r.device_id, r.time, r.kwh, r.level, 1
-    FROM telemetry.energy_readings r
-    WHERE r.stream = p_stream AND p_from < p_head_to AND r.time >= p_from AND r.time < p_head_to
-    UNION ALL
-    SELECT r.device_id, r.time, r.kwh, r.level, 1
-    FROM telemetry.energy_readings r
-    WHERE r.stream = p_stream AND p_tail_from < p_to AND r.time >= p_tail_from AND r.time < p_to
-    UNION ALL
-    SELECT h.device_id, h.bucket, h.kwh, h.level_sum, h.readings
-    FROM telemetry.energy_materialized h
-    WHERE h.grain = 'hour' AND h.stream = p_stream AND p_hours_from < p_hours_to
-      AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
-      AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to) AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
-    UNION ALL
-    SELECT b.device_id, b.bucket, b.kwh, b.level_sum, b.readings
-    FROM telemetry.energy_materialized b
-    WHERE b.grain = '6h' AND b.stream = p_stream AND p_blocks_from < p_blocks_to
-      AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
-      AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
-    UNION ALL
-    SELECT d.device_id, d.bucket, d.kwh, d.level_sum, d.readings
-    FROM telemetry.energy_materialized d
-    WHERE d.grain = 'day' AND d.stream = p_stream AND p_days_from < p_days_to
-      AND d.bucket >= p_days_from AND d.bucket < p_days_to
+-- +1 for a stretch W(x, y) read forwards (x < y), -1 for one read backwards: [y, x) is subtracted.
+CREATE OR REPLACE FUNCTION telemetry.part_sign(x timestamptz, y timestamptz) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN y > x THEN 1 ELSE -1 END
 $$;
 
--- Every device's totals of a stream over [p_from, p_to), from the same parts as telemetry.energy_pieces:
--- the fleet-wide path. Each part is summed per device right above its scan, so that only one row per
--- device and part reaches the final sum. Device ids come out in the "C" collation: the fleet query
--- sorts and joins 10,000 of them, and byte-wise comparison is cheaper than a linguistic collation's
--- (equality is the same).
-CREATE OR REPLACE FUNCTION telemetry.energy_totals(
-    p_stream text, p_from timestamptz, p_to timestamptz, p_head_to timestamptz, p_tail_from timestamptz,
-    p_hours_from timestamptz, p_hours_to timestamptz, p_blocks_from timestamptz, p_blocks_to timestamptz,
-    p_days_from timestamptz, p_days_to timestamptz)
-RETURNS TABLE (device_id text, kwh double precision, level_sum double precision, readings bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT p.device_id COLLATE "C", sum(p.kwh), sum(p.level_sum), sum(p.readings)::bigint
+-- Generated from one template, each a single static UNION ALL of the ten stretches of a window
+-- (two per level), inlined into its caller:
+--   telemetry.energy_pieces(stream, cut): every signed part, one raw reading or aggregate row each;
+--     a device filter on the result is pushed down into every branch and reaches the (device, time)
+--     indexes.
+--   telemetry.energy_totals(stream, cut): every device's totals, the fleet-wide path. Each stretch is
+--     summed per device right above its scan, so that only one row per device and stretch reaches
+--     the final sum; a device whose parts cancel out (all its readings in subtracted stretches) has
+--     no row. Device ids come out in the "C" collation: the fleet query sorts and joins 10,000 of
+--     them, and byte-wise comparison is cheaper than a linguistic collation's (equality is the same).
+DO $do$
+DECLARE
+    pieces text;
+    totals text;
+BEGIN
+    SELECT string_agg(format($b$
+    SELECT e.device_id, e.bucket, %1$s, e.kwh, e.level_sum, e.readings
+    FROM telemetry.energy_rows e
+    WHERE %2$s$b$, sign, filter), E'\n    UNION ALL' ORDER BY level, side),
+           string_agg(format($b$
+        SELECT e.device_id, %1$s, sum(e.kwh), sum(e.level_sum), sum(e.readings)
+        FROM telemetry.energy_rows e
+        WHERE %2$s
+        GROUP BY e.device_id$b$, sign, filter), E'\n        UNION ALL' ORDER BY level, side)
+    INTO pieces, totals
     FROM (
-        SELECT r.device_id, sum(r.kwh) AS kwh, sum(r.level) AS level_sum, count(*) AS readings
-        FROM telemetry.energy_readings r
-        WHERE r.stream = p_stream AND p_from < p_head_to AND r.time >= p_from AND r.time < p_head_to
-        GROUP BY r.device_id
-        UNION ALL
-        SELECT r.device_id, sum(r.kwh), sum(r.level), count(*)
-        FROM telemetry.energy_readings r
-        WHERE r.stream = p_stream AND p_tail_from < p_to AND r.time >= p_tail_from AND r.time < p_to
-        GROUP BY r.device_id
-        UNION ALL
-        SELECT h.device_id, sum(h.kwh), sum(h.level_sum), sum(h.readings)
-        FROM telemetry.energy_materialized h
-        WHERE h.grain = 'hour' AND h.stream = p_stream AND p_hours_from < p_hours_to
-      AND h.bucket >= p_hours_from AND h.bucket < p_hours_to
-          AND (h.bucket < p_blocks_from OR h.bucket >= p_blocks_to)
-          AND (h.bucket < p_days_from OR h.bucket >= p_days_to)
-        GROUP BY h.device_id
-        UNION ALL
-        SELECT b.device_id, sum(b.kwh), sum(b.level_sum), sum(b.readings)
-        FROM telemetry.energy_materialized b
-        WHERE b.grain = '6h' AND b.stream = p_stream AND p_blocks_from < p_blocks_to
-      AND b.bucket >= p_blocks_from AND b.bucket < p_blocks_to
-          AND (b.bucket < p_days_from OR b.bucket >= p_days_to)
-        GROUP BY b.device_id
-        UNION ALL
-        SELECT d.device_id, sum(d.kwh), sum(d.level_sum), sum(d.readings)
-        FROM telemetry.energy_materialized d
-        WHERE d.grain = 'day' AND d.stream = p_stream AND p_days_from < p_days_to
-      AND d.bucket >= p_days_from AND d.bucket < p_days_to
-        GROUP BY d.device_id
-    ) p
+        SELECT level, side, format('telemetry.part_sign(%s, %s)', lo, hi) AS sign,
+               format('e.grain = %1$L AND e.stream = p_stream AND %2$s <> %3$s AND e.bucket >= least(%2$s, %3$s) '
+                      'AND e.bucket < greatest(%2$s, %3$s)', grain, lo, hi) AS filter
+        FROM unnest(ARRAY['raw', '10m', 'hour', '6h', 'day']) WITH ORDINALITY AS l(grain, level),
+             LATERAL (VALUES (1, format('(cut).head_from[%s]', level), format('(cut).head_to[%s]', level)),
+                             (2, format('(cut).tail_from[%s]', level), format('(cut).tail_to[%s]', level)))
+                 AS s(side, lo, hi)
+    ) stretches;
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION telemetry.energy_pieces(p_stream text, cut telemetry.window_cut)
+RETURNS TABLE (device_id text, piece_start timestamptz, sign integer, kwh double precision,
+               level_sum double precision, readings integer)
+LANGUAGE sql STABLE AS $b$%s
+$b$$f$, pieces);
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION telemetry.energy_totals(p_stream text, cut telemetry.window_cut)
+RETURNS TABLE (device_id text, kwh double precision, level_sum double precision, readings bigint)
+LANGUAGE sql STABLE AS $b$
+    SELECT p.device_id COLLATE "C", sum(p.sign * p.kwh), sum(p.sign * p.level_sum),
+           sum(p.sign * p.readings)::bigint
+    FROM (%s
+    ) AS p (device_id, sign, kwh, level_sum, readings)
     GROUP BY 1
-$$;
+    HAVING sum(p.sign * p.readings) <> 0
+$b$$f$, totals);
+END $do$;
 
 -- One device's totals over a window: the per-request path of the performance endpoint. One static
--- statement per stream, so that each generic plan holds only that stream's relations.
+-- statement per stream, so that each generic plan holds only that stream's relations. Sums over no
+-- reading are 0, also when parts cancel out.
 CREATE OR REPLACE FUNCTION telemetry.device_energy(
     p_stream text, p_device text, p_from timestamptz, p_to timestamptz,
     OUT kwh double precision, OUT level_sum double precision, OUT readings bigint)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    w record;
+    w telemetry.window_cut;
 BEGIN
-    w := telemetry.window_parts(p_stream, p_from, p_to);
+    w := telemetry.window_cuts(p_stream, p_from, p_to);
     IF p_stream = 'meter' THEN
-        SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
+        SELECT coalesce(sum(e.sign * e.kwh), 0), coalesce(sum(e.sign * e.level_sum), 0),
+               coalesce(sum(e.sign * e.readings), 0)
         INTO kwh, level_sum, readings
-        FROM telemetry.energy_pieces('meter', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                     w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
+        FROM telemetry.energy_pieces('meter', w) e
         WHERE e.device_id = p_device;
     ELSE
-        SELECT coalesce(sum(e.kwh), 0), coalesce(sum(e.level_sum), 0), coalesce(sum(e.readings), 0)
+        SELECT coalesce(sum(e.sign * e.kwh), 0), coalesce(sum(e.sign * e.level_sum), 0),
+               coalesce(sum(e.sign * e.readings), 0)
         INTO kwh, level_sum, readings
-        FROM telemetry.energy_pieces('vehicle', p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                     w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
+        FROM telemetry.energy_pieces('vehicle', w) e
         WHERE e.device_id = p_device;
+    END IF;
+    IF readings = 0 THEN
+        kwh := 0;
+        level_sum := 0;
     END IF;
 END $$;
 
--- One device's parts over a window, for series.
+-- One device's parts over a window, for series, signed: a subtracted part's values are negative.
 CREATE OR REPLACE FUNCTION telemetry.device_pieces(
     p_stream text, p_device text, p_from timestamptz, p_to timestamptz, p_coarse boolean)
 RETURNS TABLE (piece_start timestamptz, kwh double precision, level_sum double precision, readings integer)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    w record;
+    w telemetry.window_cut;
 BEGIN
-    w := telemetry.window_parts(p_stream, p_from, p_to, p_coarse);
+    w := telemetry.window_cuts(p_stream, p_from, p_to, p_coarse);
     RETURN QUERY
-    SELECT e.piece_start, e.kwh, e.level_sum, e.readings
-    FROM telemetry.energy_pieces(p_stream, p_from, p_to, w.head_to, w.tail_from, w.hours_from, w.hours_to,
-                                 w.blocks_from, w.blocks_to, w.days_from, w.days_to) e
+    SELECT e.piece_start, e.sign * e.kwh, e.sign * e.level_sum, e.sign * e.readings
+    FROM telemetry.energy_pieces(p_stream, w) e
     WHERE e.device_id = p_device;
 END $$;
 
@@ -345,11 +322,11 @@ RETURNS TABLE (vehicle_id text, meter_id text, linked boolean, ac_kwh double pre
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
-    m record;
-    v record;
+    m telemetry.window_cut;
+    v telemetry.window_cut;
 BEGIN
-    m := telemetry.window_parts('meter', p_from, p_to);
-    v := telemetry.window_parts('vehicle', p_from, p_to);
+    m := telemetry.window_cuts('meter', p_from, p_to);
+    v := telemetry.window_cuts('vehicle', p_from, p_to);
     RETURN QUERY
     WITH links AS MATERIALIZED (
         SELECT l.vehicle_id COLLATE "C" AS vehicle_id, l.meter_id COLLATE "C" AS meter_id, l.period_from,
@@ -357,8 +334,7 @@ BEGIN
         FROM telemetry.link_periods(p_from, p_to) l
     ), meter_totals AS (
         SELECT e.device_id, e.kwh, e.readings
-        FROM telemetry.energy_totals('meter', p_from, p_to, m.head_to, m.tail_from, m.hours_from, m.hours_to,
-                                     m.blocks_from, m.blocks_to, m.days_from, m.days_to) e
+        FROM telemetry.energy_totals('meter', m) e
     ), ac AS (
         -- A link that covers the whole window is the vehicle's only one (periods never overlap).
         SELECT l.vehicle_id, l.meter_id, t.kwh, t.readings
@@ -374,8 +350,7 @@ BEGIN
         GROUP BY l.vehicle_id
     ), dc AS (
         SELECT e.device_id AS vehicle_id, e.kwh, e.level_sum AS temp_sum, e.readings
-        FROM telemetry.energy_totals('vehicle', p_from, p_to, v.head_to, v.tail_from, v.hours_from, v.hours_to,
-                                     v.blocks_from, v.blocks_to, v.days_from, v.days_to) e
+        FROM telemetry.energy_totals('vehicle', v) e
     )
     SELECT coalesce(a.vehicle_id, dc.vehicle_id), a.meter_id, a.meter_id IS NOT NULL,
            coalesce(a.kwh, 0), coalesce(dc.kwh, 0), coalesce(a.kwh, 0) - coalesce(dc.kwh, 0),
@@ -401,11 +376,13 @@ LANGUAGE sql STABLE AS $$
                                                    p_bucket >= INTERVAL '1 day') e
         WHERE l.vehicle_id = p_vehicle
         GROUP BY 1
+        HAVING sum(e.readings) <> 0
     ), dc AS (
         SELECT time_bucket(p_bucket, e.piece_start) AS bucket, sum(e.kwh) AS kwh,
                sum(e.level_sum) AS temp_sum, sum(e.readings)::bigint AS readings
         FROM telemetry.device_pieces('vehicle', p_vehicle, p_from, p_to, p_bucket >= INTERVAL '1 day') e
         GROUP BY 1
+        HAVING sum(e.readings) <> 0
     )
     SELECT bucket, coalesce(ac.kwh, 0), coalesce(dc.kwh, 0),
            CASE WHEN ac.kwh > 0 THEN coalesce(dc.kwh, 0) / ac.kwh END,

@@ -116,24 +116,39 @@ def _drop(url: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(params["dbname"])))
 
 
-def compare(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
-    """The same readings stored by the direct pipeline, then over HTTP, each into a fresh database."""
-    workload = build_workload(devices, minutes, batch_size)
+def _direct_once(workload: Workload, concurrency: int) -> tuple[float, list[float]]:
     url = _scratch_database("direct")
     try:
-        direct_s = asyncio.run(_run_direct(url, workload, concurrency))
+        return asyncio.run(_run_direct(url, workload, concurrency)), []
     finally:
         _drop(url)
+
+
+def _http_once(workload: Workload, concurrency: int, workers: int, server: str) -> tuple[float, list[float]]:
     url = _scratch_database("http")
     try:
         key = create_key(url)
         with ApiProcess(url, workers=workers, server=server, DB_POOL_MAX=str(max(concurrency, 2))) as api:
-            http_s, latencies = asyncio.run(_run_http(api.url, key, workload, concurrency))
+            return asyncio.run(_run_http(api.url, key, workload, concurrency))
     finally:
         _drop(url)
-    direct_rate, http_rate = workload.rows / direct_s, workload.rows / http_s
+
+
+def compare(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
+    """The same readings stored by the direct pipeline and over HTTP, each time into a fresh database,
+    in the order direct, HTTP, HTTP, direct: a machine whose load drifts during the run (other
+    processes on a shared host) weighs on both pipelines alike."""
+    workload = build_workload(devices, minutes, batch_size)
+    elapsed = {"direct": 0.0, "http": 0.0}
+    latencies: list[float] = []
+    for pipeline in ("direct", "http", "http", "direct"):
+        seconds, request_latencies = (_direct_once(workload, concurrency) if pipeline == "direct"
+                                      else _http_once(workload, concurrency, workers, server))
+        elapsed[pipeline] += seconds
+        latencies += request_latencies
+    direct_rate, http_rate = 2 * workload.rows / elapsed["direct"], 2 * workload.rows / elapsed["http"]
     return {
-        "rows": workload.rows, "batch_size": batch_size, "concurrency": concurrency,
+        "rows": workload.rows, "runs_per_pipeline": 2, "batch_size": batch_size, "concurrency": concurrency,
         "server": server, "workers": workers,
         "direct_rows_per_s": round(direct_rate), "http_rows_per_s": round(http_rate),
         "ratio": round(http_rate / direct_rate, 3),

@@ -34,6 +34,7 @@ KEY_CHANNEL = "telemetry_api_keys"
 
 KEY_LOOKUPS = Counter("telemetry_api_key_lookups_total", "API key lookups, by where the answer came from",
                       ["source"])
+_FROM_CACHE, _FROM_DATABASE = KEY_LOOKUPS.labels("cache"), KEY_LOOKUPS.labels("database")
 # Per worker process (multiprocess mode "all" keeps each worker's pid as a label).
 CACHED_KEYS = Gauge("telemetry_api_key_cache_entries", "Key ids this worker's key cache holds",
                     multiprocess_mode="all")
@@ -157,11 +158,11 @@ class KeyCache:
             now = time.monotonic()
             known = self._known.get(key_id)
             if known is not None and now - known[0] < self.ttl_s:
-                KEY_LOOKUPS.labels("cache").inc()
+                _FROM_CACHE.inc()
                 return known[1]
             unknown_since = self._unknown.get(key_id)
             if unknown_since is not None and now - unknown_since < self.ttl_s:
-                KEY_LOOKUPS.labels("cache").inc()
+                _FROM_CACHE.inc()
                 return None
         generation = self._generation
         try:
@@ -177,7 +178,7 @@ class KeyCache:
                 KEY_LOOKUPS.labels("outage").inc()
                 return seen[1]
             raise exc
-        KEY_LOOKUPS.labels("database").inc()
+        _FROM_DATABASE.inc()
         stored = None if row is None else StoredKey(row[0], frozenset(row[1]), row[2])
         if stored is not None and generation == self._generation:
             self._verified.pop(key_id, None)

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--api-key", default=os.environ.get("API_KEY"), help="a key with ingest,read (or API_KEY)")
         sub.add_argument("--meters", type=int, default=10_000)
         sub.add_argument("--vehicles", type=int, default=10_000)
+        sub.add_argument("--first-device", type=int, default=0,
+                         help="number of the first meter and vehicle (MTR-<n>, EV-<n>): generators with disjoint "
+                              "numbers can share a platform")
         sub.add_argument("--speedup", type=float, default=1.0)
         sub.add_argument("--duration", default="10m", help="wall-clock length of a simulation: 90s, 10m, 1h")
         sub.add_argument("--hours", type=float, default=24.0, help="history to backfill")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify and args.transport != "http" and not args.nats_url:
             parser.error("--verify after an asynchronous run waits for the writers: --nats-url or NATS_URL")
         report = run(RunOptions(
-            url=args.url, api_key=args.api_key, devices=args.meters, mode=args.command, speedup=args.speedup,
+            url=args.url, api_key=args.api_key, devices=args.meters, first_device=args.first_device, mode=args.command, speedup=args.speedup,
             duration_s=parse_duration(args.duration), hours=args.hours, seed=args.seed, batch_size=args.batch_size,
             concurrency=args.concurrency, duplicate_rate=args.duplicate_rate, out_of_order_rate=args.out_of_order_rate,
             late_rate=args.late_rate, silent_rate=args.silent_rate,

@@ -41,6 +41,8 @@ class Fleet:
     silent_share: float = 0.0
     """Share of chargers whose meter and vehicle stop reporting at minute silent_from (a dead gateway)."""
     silent_from: int | None = None
+    first: int = 0
+    """The number of the fleet's first meter and vehicle: generators with disjoint numbers can share a platform."""
     chargers: list[Charger] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,11 +64,11 @@ class Fleet:
 
     @property
     def faulty_vehicles(self) -> set[str]:
-        return {vehicle_id(i) for i, c in enumerate(self.chargers) if c.faulty}
+        return {vehicle_id(i) for i, c in enumerate(self.chargers, self.first) if c.faulty}
 
     @property
     def silent_devices(self) -> set[str]:
-        return {d for i, c in enumerate(self.chargers) if c.silent for d in (meter_id(i), vehicle_id(i))}
+        return {d for i, c in enumerate(self.chargers, self.first) if c.silent for d in (meter_id(i), vehicle_id(i))}
 
     def offset(self, i: int) -> timedelta:
         """Each device reports at its own second of the minute, so the fleet is spread over it."""
@@ -100,9 +102,9 @@ class Fleet:
             if c.silent and self.silent_from is not None and m >= self.silent_from:
                 continue  # the physics went on; nothing reaches the platform
             ts = minute_prefix + c.second
-            readings.append({"meterId": meter_id(i), "kwhConsumedAc": round(ac, 9),
+            readings.append({"meterId": meter_id(self.first + i), "kwhConsumedAc": round(ac, 9),
                              "voltage": round(230 + rng.gauss(0, 2.5), 2), "timestamp": ts})
-            readings.append({"vehicleId": vehicle_id(i), "soc": round(c.soc, 3), "kwhDeliveredDc": round(dc, 9),
+            readings.append({"vehicleId": vehicle_id(self.first + i), "soc": round(c.soc, 3), "kwhDeliveredDc": round(dc, 9),
                              "batteryTemp": round(c.temp, 2), "timestamp": ts})
         return readings
 

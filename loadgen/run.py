@@ -31,6 +31,8 @@ class RunOptions:
     url: str
     api_key: str
     devices: int = 10_000
+    first_device: int = 0
+    """Devices are numbered from here (MTR-<n>, EV-<n>): runs with disjoint numbers can share a platform."""
     mode: str = "simulate"
     speedup: float = 1.0
     duration_s: float = 60.0
@@ -73,7 +75,8 @@ def parse_duration(text: str) -> float:
 
 
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
-    fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate)
+    fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate, first=opts.first_device)
+    numbers = range(opts.first_device, opts.first_device + opts.devices)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)
     sender = Sender(opts.url, opts.api_key, opts.concurrency, asynchronous=opts.transport == "http-async")
     publisher: Sender | MqttPublisher = sender
@@ -91,7 +94,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
     end = start + timedelta(minutes=minutes)
     fleet.silent_from = minutes // 2
 
-    links = [{"vehicleId": vehicle_id(i), "meterId": meter_id(i)} for i in range(opts.devices)]
+    links = [{"vehicleId": vehicle_id(i), "meterId": meter_id(i)} for i in numbers]
     for i in range(0, len(links), 5000):
         response = await sender.request("PUT", "/v1/vehicles/meters", links[i:i + 5000])
         if response.status_code != 200:
@@ -168,13 +171,13 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             report["drain"] = await wait_drained(opts.nats_url, opts.drain_timeout_s, console, opts.stream)
         if before_verify:
             before_verify()
-        charged = {vehicle_id(i) for i in range(opts.devices) if generated.get(meter_id(i), (0, 0.0))[1] >= 0.1}
+        charged = {vehicle_id(i) for i in numbers if generated.get(meter_id(i), (0, 0.0))[1] >= 0.1}
         with httpx.Client(base_url=opts.url, headers={"Authorization": f"Bearer {opts.api_key}"}, timeout=120) as api:
-            problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=opts.devices,
+            problems = verify(database_url=opts.database_url, api=api, start=start, end=end, devices=numbers,
                               generated=generated, inserted=report.get("inserted"), failed=report["failed"],
                               ambiguous=report["ambiguous"],
                               charged_faulty=fleet.faulty_vehicles & charged)
-            alerts = verify_alerts(api, fleet=fleet, devices=opts.devices, end=end, recent_ac=recent_ac,
+            alerts = verify_alerts(api, fleet=fleet, devices=numbers, end=end, recent_ac=recent_ac,
                                    window=timedelta(seconds=opts.alert_window_s),
                                    silence=timedelta(seconds=opts.alert_silence_s), min_ac_kwh=opts.min_ac_kwh)
         problems += alerts.pop("problems")

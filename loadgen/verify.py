@@ -17,11 +17,11 @@ def _same_energy(got: float, want: float) -> bool:
     return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: int,
+def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: range,
            generated: dict[str, tuple[int, float]], inserted: int | None, failed: int, ambiguous: int,
            charged_faulty: set[str]) -> list[str]:
     """Returns the problems found; empty means verified. `generated` maps each device to the count and
-    kWh sum of the unique readings generated for it. `ambiguous` readings were in batches accepted
+    kWh sum of the unique readings generated for it; `devices` the fleet's numbers. `ambiguous` readings were in batches accepted
     after an attempt whose answer was lost: the server may rightly count them as duplicates. `inserted`
     is None after an asynchronous run (the writers, not the answers, counted what was new): then only
     the stored rows are compared with the generated ones."""
@@ -32,8 +32,8 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
     if inserted is not None and not expected_rows - ambiguous <= inserted <= expected_rows:
         problems.append(f"the server reported {inserted} new readings for {expected_rows} unique ones sent"
                         + (f" ({ambiguous} in batches retried after a lost answer)" if ambiguous else ""))
-    ids_m = [meter_id(i) for i in range(devices)]
-    ids_v = [vehicle_id(i) for i in range(devices)]
+    ids_m = [meter_id(i) for i in devices]
+    ids_v = [vehicle_id(i) for i in devices]
     stored: dict[str, tuple[int, float]] = {}
     with psycopg.connect(database_url) as conn:
         for table, column, kwh, ids in (("meter_readings", "meter_id", "kwh_consumed_ac", ids_m),
@@ -54,8 +54,8 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
 
     window = {"from": start.isoformat(), "to": end.isoformat()}
     # Per vehicle: every planted faulty charger and a sample of the others.
-    ours = [vehicle_id(i) for i in range(devices)]
-    sample = sorted(charged_faulty) + ours[:: max(1, devices // 50)]
+    ours = [vehicle_id(i) for i in devices]
+    sample = sorted(charged_faulty) + ours[:: max(1, len(devices) // 50)]
     for vehicle in dict.fromkeys(sample):
         answer = api.get(f"/v1/analytics/performance/{vehicle}", params=window)
         if answer.status_code != 200:
@@ -78,16 +78,16 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
     if flagged != charged_faulty:
         problems.append(f"flagged faulty but not planted: {sorted(flagged - charged_faulty)[:10]}; "
                         f"planted (and charged) but not flagged: {sorted(charged_faulty - flagged)[:10]}")
-    if body["vehicles"] == devices:  # the database holds only this fleet: its totals must match too
-        ac = sum(generated.get(meter_id(i), (0, 0.0))[1] for i in range(devices))
-        dc = sum(generated.get(vehicle_id(i), (0, 0.0))[1] for i in range(devices))
+    if body["vehicles"] == len(devices):  # the database holds only this fleet: its totals must match too
+        ac = sum(generated.get(meter_id(i), (0, 0.0))[1] for i in devices)
+        dc = sum(generated.get(vehicle_id(i), (0, 0.0))[1] for i in devices)
         if not (_same_energy(body["acConsumedKwh"], ac) and _same_energy(body["dcDeliveredKwh"], dc)):
             problems.append(f"fleet analytics AC/DC {body['acConsumedKwh']}/{body['dcDeliveredKwh']} kWh, "
                             f"generated {ac}/{dc}")
     return problems
 
 
-def verify_alerts(api: httpx.Client, *, fleet: Fleet, devices: int, end: datetime,
+def verify_alerts(api: httpx.Client, *, fleet: Fleet, devices: range, end: datetime,
                   recent_ac: dict[str, list[tuple[datetime, float]]], window: timedelta, silence: timedelta,
                   min_ac_kwh: float) -> dict:
     """Has the server evaluate its alert rules now (`POST /v1/alerts/evaluate`, admin scope), then
@@ -109,12 +109,12 @@ def verify_alerts(api: httpx.Client, *, fleet: Fleet, devices: int, end: datetim
             if not (cursor := page["next"]):
                 return found
 
-    ours = {vehicle_id(i) for i in range(devices)} | {meter_id(i) for i in range(devices)}
+    ours = {vehicle_id(i) for i in devices} | {meter_id(i) for i in devices}
     problems: list[str] = []
     faulty = [a for a in open_alerts("faulty_charger") if a["deviceId"] in ours]
     evaluated_at = max((datetime.fromisoformat(a["lastSeenAt"]) for a in faulty), default=datetime.now(end.tzinfo))
     since = evaluated_at - window
-    charged = {vehicle_id(i) for i in range(devices)
+    charged = {vehicle_id(i) for i in devices
                if sum(kwh for ts, kwh in recent_ac.get(meter_id(i), []) if since <= ts < evaluated_at) >= min_ac_kwh}
     want = fleet.faulty_vehicles & charged
     got = {a["deviceId"] for a in faulty}

@@ -14,7 +14,8 @@ from api.settings import PROJECT_ROOT
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=["ingest", "analytics", "energygrid", "loadgen"], action="append",
+    parser.add_argument("--only", choices=["ingest", "analytics", "energygrid", "loadgen", "stream"],
+                        action="append",
                         help="run only these sections (repeatable); default: all")
     parser.add_argument("--devices", type=int, default=10_000, help="meters, and as many vehicles")
     parser.add_argument("--minutes", type=int, default=20, help="readings per device in the ingest benchmark")
@@ -32,8 +33,11 @@ def main() -> None:
     parser.add_argument("--duration", default="2m", help="loadgen: wall-clock length of the simulation")
     parser.add_argument("--loadgen-batch-size", type=int, default=500)
     parser.add_argument("--loadgen-concurrency", type=int, default=4)
+    parser.add_argument("--stream-duration", default="60s", help="stream: wall-clock length of each path's run")
+    parser.add_argument("--stream-outage-duration", default="75s", help="stream: length of the outage run")
+    parser.add_argument("--mqtt-connections", type=int, default=4, help="stream: MQTT connections (processes)")
     args = parser.parse_args()
-    sections = args.only or ["ingest", "analytics", "energygrid", "loadgen"]
+    sections = args.only or ["ingest", "analytics", "energygrid", "loadgen", "stream"]
     console = Console(width=max(Console().width, 130))
     results: dict[str, object] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -123,6 +127,16 @@ def main() -> None:
                       f"{r['failed']:,}", str(lat["p50"]), str(lat["p95"]), str(lat["p99"]),
                       "passed" if r.get("verification", {}).get("passed") else "FAILED")
         console.print(table)
+
+    if "stream" in sections:
+        from bench import stream
+
+        console.print(f"[bold]stream[/]: {2 * args.fleet_devices:,} devices at --speedup {args.speedup:g} through each "
+                      f"way in for {args.stream_duration}, then a 20 s database outage ...")
+        r = stream.run(args.fleet_devices, args.speedup, args.stream_duration, args.loadgen_batch_size,
+                       args.loadgen_concurrency, args.mqtt_connections, args.stream_outage_duration)
+        results["stream"] = r
+        stream.print_tables(console, r)
 
     if "energygrid" in sections:
         from bench import energygrid

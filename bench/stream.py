@@ -304,3 +304,37 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
         finally:
             nats_server.stop()
     return result
+
+
+def print_tables(console, r: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Stream ingestion: {r['devices']:,} devices at {r['speedup']:g}x "
+                        f"({r['target_rows_per_s']:,} readings/s offered) for {r['duration']}, each run verified "
+                        f"(goals: >= 0.9 of sync rows/s, lag p99 <= 2 s)")
+    for column in ("way in", "sent rows/s", "stored rows/s", "ratio to sync", "drain after run s", "lag p50 s",
+                   "lag p99 s", "request/PUBACK p99 ms", "failed", "verification"):
+        table.add_column(column, justify="right")
+    for p in r["paths"]:
+        lag = p["lag"] or {}
+        table.add_row(p["path"], f"{p['sender_rows_per_s'] or 0:,}", f"{p['stored_rows_per_s']:,}",
+                      f"{p['ratio_to_sync']:.2f}" if p["ratio_to_sync"] is not None else "",
+                      str(p["drain_after_run_s"]) if p["writers"] else "",
+                      str(lag.get("p50_s", "")), str(lag.get("p99_s", "")),
+                      str((p["request_latency_ms"] or {}).get("p99", "")), f"{p['failed'] or 0:,}",
+                      "passed" if p["verified"] else "FAILED")
+    console.print(table)
+    o = r.get("outage")
+    if o:
+        table = Table(title=f"{o['outage_s']} s database outage (the writers' connections cut) under async HTTP at "
+                            f"{r['speedup']:g}x, {o['writers']} writers (goals: 0 device-visible errors, drain >= 2x "
+                            "arrival)")
+        for column in ("device-visible errors", "backlog at return (readings)", "backlog peak (messages)",
+                       "drain s", "commit rows/s while draining", "arrival rows/s", "drain / arrival", "verification"):
+            table.add_column(column, justify="right")
+        table.add_row(f"{o['device_visible_errors']:,}", f"{o.get('backlog_rows_at_restore', 0):,}",
+                      f"{o.get('backlog_messages_peak', 0):,}", str(o.get("drain_s", "not drained")),
+                      f"{o.get('commit_rows_per_s_while_draining', 0):,}",
+                      f"{o.get('arrival_rows_per_s_while_draining', o['arrival_rows_per_s']):,}",
+                      str(o.get("drain_over_arrival", "")), "passed" if o["verified"] else "FAILED")
+        console.print(table)

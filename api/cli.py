@@ -38,8 +38,8 @@ def _stream_setup(settings: Settings, args: argparse.Namespace, required: bool =
         for line in ensure_streams_now(settings):
             print(f"log: {line}")
     except Exception as exc:  # noqa: BLE001 - any failure to reach NATS is reported the same way
-        print(f"log: NATS at {_redacted(settings.nats_url)} not reachable ({type(exc).__name__}); the writer "
-              "creates the streams when it starts", file=sys.stderr)
+        print(f"log: NATS at {_redacted(settings.nats_url)} refused or unreachable ({exc or type(exc).__name__}); "
+              "the streams are created by the first writer that starts", file=sys.stderr)
         return 1 if required else 0
     return 0
 

@@ -106,6 +106,10 @@ async def connect(settings: Settings, *, name: str, wait: bool = True) -> Client
     return nc
 
 
+async def _quiet(_: Exception) -> None:
+    """The caller reports the failure once."""
+
+
 async def _log_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc)
 
@@ -132,8 +136,8 @@ def ensure_streams_now(settings: Settings) -> list[str]:
     """``ensure_streams`` from synchronous code (``python -m api migrate``)."""
 
     async def run() -> list[str]:
-        nc = await nats.connect(settings.nats_url, name="telemetry-migrate", connect_timeout=5,
-                                max_reconnect_attempts=0)
+        nc = await asyncio.wait_for(nats.connect(settings.nats_url, name="telemetry-migrate", connect_timeout=5,
+                                                 allow_reconnect=False, error_cb=_quiet), 15)
         try:
             return await ensure_streams(nc, settings)
         finally:

@@ -281,6 +281,11 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
         }
         for name, params in fleet_windows.items():
             result[name] = asyncio.run(_http_load(api.url, key, [("/v1/analytics/fleet", params)] * 30, 1))
+        # The SQL function behind the fleet endpoint over psycopg, same windows: the share of the
+        # endpoint's time that the database spends.
+        fleet_params = {"worst": 10, **thresholds}
+        result["fleet_sql_24_whole_hours"] = _sql_load(url, analytics.FLEET_SQL, [{**aligned, **fleet_params}] * 30, 1)
+        result["fleet_sql_last_24h"] = _sql_load(url, analytics.FLEET_SQL, [{**window, **fleet_params}] * 30, 1)
         result["examples"] = {
             "performance": httpx.get(f"{api.url}/v1/analytics/performance/{vehicles[0]}", params=query,
                                      headers={"Authorization": f"Bearer {key}"}, timeout=60).json(),

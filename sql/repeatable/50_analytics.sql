@@ -51,29 +51,7 @@ DROP FUNCTION IF EXISTS telemetry.energy_pieces(text, timestamptz, timestamptz, 
 DROP FUNCTION IF EXISTS telemetry.energy_totals(text, timestamptz, timestamptz, timestamptz, timestamptz, timestamptz,
                                                 timestamptz, timestamptz, timestamptz, timestamptz, timestamptz);
 
--- Every row a window can be read from, both streams and every level in one shape: device, start,
--- energy, the sum of the averaged quantity (voltage for meters, battery temperature for vehicles)
--- and the number of readings. Raw readings are one-reading rows; the aggregates are their
--- materialized rows (continuous aggregates on Community, tables on Apache). A query for one grain
--- and one stream keeps only that branch, while planning. Generated: one branch per level and stream.
-DROP VIEW IF EXISTS telemetry.energy_readings, telemetry.energy_materialized;
-DO $do$
-BEGIN
-    EXECUTE 'CREATE OR REPLACE VIEW telemetry.energy_rows AS' || string_agg(format($b$
-    SELECT %L::text AS grain, %L::text AS stream, %I::text AS device_id, %I AS bucket, %I AS kwh,
-           %I AS level_sum, %s AS readings
-    FROM telemetry.%I$b$,
-        l.grain, s.stream, s.stream || '_id', CASE WHEN l.suffix IS NULL THEN 'time' ELSE 'bucket' END, s.kwh,
-        CASE WHEN l.suffix IS NULL THEN s.level ELSE s.level || '_sum' END,
-        CASE WHEN l.suffix IS NULL THEN '1' ELSE 'readings::integer' END,
-        CASE WHEN l.suffix IS NULL THEN s.stream || '_readings'
-             ELSE format('%s_energy_%s_materialized', s.stream, l.suffix) END),
-        E'\n    UNION ALL' ORDER BY l.n, s.stream)
-    FROM (VALUES (1, 'raw', NULL), (2, '10m', '10m'), (3, 'hour', 'hourly'), (4, '6h', '6h'), (5, 'day', 'daily'))
-             AS l(n, grain, suffix),
-         (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
-             AS s(stream, kwh, level);
-END $do$;
+DROP VIEW IF EXISTS telemetry.energy_readings, telemetry.energy_materialized, telemetry.energy_rows;
 
 -- The parts of a window for one stream: per level (1 raw, 2 ten minutes, 3 hours, 4 six-hour
 -- blocks, 5 days), a head stretch W(head_from[l], head_to[l]) and a tail stretch W(tail_from[l],
@@ -141,14 +119,18 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN y > x THEN 1 ELSE -1 END
 $$;
 
--- Generated from one template, each a single static UNION ALL of the ten stretches of a window
--- (two per level), inlined into its caller:
+-- Generated from one template, each a single static UNION ALL of the stretches of a window (two per
+-- level and stream), inlined into its caller. Each branch reads one relation: the raw readings or
+-- the materialized rows of an aggregate (continuous aggregates on Community, tables on Apache),
+-- whose columns it names as energy, the sum of the averaged quantity (voltage for meters, battery
+-- temperature for vehicles) and the number of readings (1 for a raw reading). The other stream's
+-- branches fall away while planning (custom plans) or at their one-time filter (generic plans).
 --   telemetry.energy_pieces(stream, cut): every signed part, one raw reading or aggregate row each;
 --     a device filter on the result is pushed down into every branch and reaches the (device, time)
 --     indexes.
 --   telemetry.energy_totals(stream, cut): every device's totals, the fleet-wide path. Each stretch is
 --     summed per device right above its scan, so that only one row per device and stretch reaches
---     the final sum; a device whose parts cancel out (all its readings in subtracted stretches) has
+--     the final sum (counts in integers: a bigint sum is a numeric one); a device whose parts cancel out (all its readings in subtracted stretches) has
 --     no row. Device ids come out in the "C" collation: the fleet query sorts and joins 10,000 of
 --     them, and byte-wise comparison is cheaper than a linguistic collation's (equality is the same).
 DO $do$
@@ -157,23 +139,34 @@ DECLARE
     totals text;
 BEGIN
     SELECT string_agg(format($b$
-    SELECT e.device_id, e.bucket, %1$s, e.kwh, e.level_sum, e.readings
-    FROM telemetry.energy_rows e
-    WHERE %2$s$b$, sign, filter), E'\n    UNION ALL' ORDER BY level, side),
+    SELECT x.%1$I::text, x.%2$I, %3$s, x.%4$I, x.%5$I, %6$s
+    FROM telemetry.%7$I x
+    WHERE %8$s$b$, id, bucket, sign, kwh, level_sum, readings, relation, filter),
+                      E'\n    UNION ALL' ORDER BY level, side, stream),
            string_agg(format($b$
-        SELECT e.device_id, %1$s, sum(e.kwh), sum(e.level_sum), sum(e.readings)
-        FROM telemetry.energy_rows e
-        WHERE %2$s
-        GROUP BY e.device_id$b$, sign, filter), E'\n        UNION ALL' ORDER BY level, side)
+        SELECT x.%1$I::text, %3$s, sum(x.%4$I), sum(x.%5$I), %6$s
+        FROM telemetry.%7$I x
+        WHERE %8$s
+        GROUP BY x.%1$I$b$, id, bucket, sign, kwh, level_sum,
+                             CASE WHEN suffix IS NULL THEN 'count(*)' ELSE 'sum(x.readings::integer)' END, relation, filter),
+                      E'\n        UNION ALL' ORDER BY level, side, stream)
     INTO pieces, totals
     FROM (
-        SELECT level, side, format('telemetry.part_sign(%s, %s)', lo, hi) AS sign,
-               format('e.grain = %1$L AND e.stream = p_stream AND %2$s <> %3$s AND e.bucket >= least(%2$s, %3$s) '
-                      'AND e.bucket < greatest(%2$s, %3$s)', grain, lo, hi) AS filter
-        FROM unnest(ARRAY['raw', '10m', 'hour', '6h', 'day']) WITH ORDINALITY AS l(grain, level),
-             LATERAL (VALUES (1, format('(cut).head_from[%s]', level), format('(cut).head_to[%s]', level)),
-                             (2, format('(cut).tail_from[%s]', level), format('(cut).tail_to[%s]', level)))
-                 AS s(side, lo, hi)
+        SELECT l.level, t.side, s.stream, l.suffix, s.stream || '_id' AS id, s.kwh,
+               CASE WHEN l.suffix IS NULL THEN 'time' ELSE 'bucket' END AS bucket,
+               CASE WHEN l.suffix IS NULL THEN s.level ELSE s.level || '_sum' END AS level_sum,
+               CASE WHEN l.suffix IS NULL THEN '1' ELSE 'x.readings::integer' END AS readings,
+               CASE WHEN l.suffix IS NULL THEN s.stream || '_readings'
+                    ELSE format('%s_energy_%s_materialized', s.stream, l.suffix) END AS relation,
+               format('telemetry.part_sign(%s, %s)', t.lo, t.hi) AS sign,
+               format('p_stream = %1$L AND %2$s <> %3$s AND x.%4$I >= least(%2$s, %3$s) AND x.%4$I < greatest(%2$s, %3$s)',
+                      s.stream, t.lo, t.hi, CASE WHEN l.suffix IS NULL THEN 'time' ELSE 'bucket' END) AS filter
+        FROM unnest(ARRAY[NULL, '10m', 'hourly', '6h', 'daily']) WITH ORDINALITY AS l(suffix, level),
+             LATERAL (VALUES (1, format('(cut).head_from[%s]', l.level), format('(cut).head_to[%s]', l.level)),
+                             (2, format('(cut).tail_from[%s]', l.level), format('(cut).tail_to[%s]', l.level)))
+                 AS t(side, lo, hi),
+             (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
+                 AS s(stream, kwh, level)
     ) stretches;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION telemetry.energy_pieces(p_stream text, cut telemetry.window_cut)
@@ -186,11 +179,11 @@ CREATE OR REPLACE FUNCTION telemetry.energy_totals(p_stream text, cut telemetry.
 RETURNS TABLE (device_id text, kwh double precision, level_sum double precision, readings bigint)
 LANGUAGE sql STABLE AS $b$
     SELECT p.device_id COLLATE "C", sum(p.sign * p.kwh), sum(p.sign * p.level_sum),
-           sum(p.sign * p.readings)::bigint
+           sum((p.sign * p.readings)::integer)
     FROM (%s
     ) AS p (device_id, sign, kwh, level_sum, readings)
     GROUP BY 1
-    HAVING sum(p.sign * p.readings) <> 0
+    HAVING sum((p.sign * p.readings)::integer) <> 0
 $b$$f$, totals);
 END $do$;
 

@@ -84,3 +84,12 @@ def test_a_window_of_whole_hours_reads_no_raw_chunk(database: Database) -> None:
     start, end = day0 + timedelta(days=1, hours=7), day0 + timedelta(days=4, hours=3)
     for sql, scanned in _raw_chunks_read(database, start, end):
         assert not scanned, f"{sql.split('FROM')[1][:45]} read raw chunks {sorted(scanned)}"
+
+
+def test_a_window_of_whole_ten_minute_slots_reads_no_raw_chunk(database: Database) -> None:
+    # Edges on ten-minute boundaries inside hours: the ten-minute rows carry them, and the raw
+    # stretches, empty, are skipped like the whole-hours ones.
+    day0 = _load_six_days(database)
+    start, end = day0 + timedelta(days=1, hours=7, minutes=40), day0 + timedelta(days=4, hours=3, minutes=10)
+    for sql, scanned in _raw_chunks_read(database, start, end):
+        assert not scanned, f"{sql.split('FROM')[1][:45]} read raw chunks {sorted(scanned)}"

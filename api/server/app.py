@@ -33,6 +33,7 @@ from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthenticatio
 from api.server.telemetry import TelemetryController
 from api.server.webhooks import WebhookController
 from api.settings import Settings
+from api.stream.log import connect as stream_connect
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -56,12 +57,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             alerts.cancel()
             await pool.close()
 
+    @asynccontextmanager
+    async def log(app: Litestar) -> AsyncIterator[None]:
+        # Connected in the background: the API serves while NATS is away (asynchronous ingestion answers 503).
+        app.state.nats = await stream_connect(settings, name="telemetry-api", wait=False)
+        try:
+            yield
+        finally:
+            await app.state.nats.close()
+
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(
         route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
                         AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController,
                         FleetInfoController, DashboardController],
-        lifespan=[database, ApiKeyAuthentication.lifespan(settings), read_replica],
+        lifespan=[database, log, ApiKeyAuthentication.lifespan(settings), read_replica],
         dependencies={"settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False)},
         middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthentication, exclude=OPEN_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,

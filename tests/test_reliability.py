@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def test_a_postgresql_restart_gives_503_then_recovers_and_loses_nothing(database
     outage_started = time.monotonic()
     pg_server.stop()
     probe_started = time.monotonic()
-    probe = httpx.post(f"{server.url}/v1/telemetry/meters", json=[], timeout=30,
+    # A valid reading (the key was verified before the outage, so it still authenticates): the
+    # synchronous path needs the database, and answers 503.
+    reading = {"meterId": "PROBE-1", "kwhConsumedAc": 0.1, "voltage": 230.0,
+               "timestamp": datetime.now(timezone.utc).isoformat()}
+    probe = httpx.post(f"{server.url}/v1/telemetry/meters", json=[reading], timeout=30,
                        headers={"Authorization": f"Bearer {options.api_key}"})
     probe_s = time.monotonic() - probe_started
     time.sleep(2.0)

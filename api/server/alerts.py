@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -74,9 +74,10 @@ class AlertPage(msgspec.Struct, rename="camel"):
     """Pass as `cursor` for the next page; null on the last page."""
 
 
-def requires_any(*scopes: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
-    """A guard passing keys with at least one of `scopes` (`requires` takes one scope)."""
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+def requires_any(*scopes: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
+    """A guard passing keys with at least one of `scopes` (`requires` takes one scope); a coroutine, so
+    Litestar does not run it in a worker thread."""
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         if not connection.auth & set(scopes):
             raise PermissionDeniedException(f"this API key lacks the '{' or '.join(scopes)}' scope")
 

@@ -79,3 +79,4 @@ class KeyController(Controller):
             cur = await conn.execute(REVOKE_KEY_SQL, (key_id,))
             if cur.rowcount != 1:
                 raise NotFoundException(f"no active key {key_id!r}")
+        state.key_cache.forget(key_id)  # this worker at once; the others when the notification arrives

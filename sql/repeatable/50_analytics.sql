@@ -128,11 +128,13 @@ $$;
 --   telemetry.energy_pieces(stream, cut): every signed part, one raw reading or aggregate row each;
 --     a device filter on the result is pushed down into every branch and reaches the (device, time)
 --     indexes.
---   telemetry.energy_totals(stream, cut): every device's totals, the fleet-wide path. Each stretch is
---     summed per device right above its scan, so that only one row per device and stretch reaches
---     the final sum (counts in integers: a bigint sum is a numeric one); a device whose parts cancel out (all its readings in subtracted stretches) has
---     no row. Device ids come out in the "C" collation: the fleet query sorts and joins 10,000 of
---     them, and byte-wise comparison is cheaper than a linguistic collation's (equality is the same).
+--   telemetry.energy_totals(stream, cut): every device's totals, the fleet-wide path. A raw stretch
+--     is summed per device right above its scan, so that one row per device reaches the final sum;
+--     aggregate rows (a few per device and stretch) go to the final sum as they are: one hash table
+--     instead of one per stretch. Counts sum in integers (a bigint sum is a numeric one). A device
+--     whose parts cancel out (all its readings in subtracted stretches) has no row. Device ids come
+--     out in the "C" collation: the fleet query sorts and joins 10,000 of them, and byte-wise
+--     comparison is cheaper than a linguistic collation's (equality is the same).
 DO $do$
 DECLARE
     pieces text;
@@ -143,12 +145,15 @@ BEGIN
     FROM telemetry.%7$I x
     WHERE %8$s$b$, id, bucket, sign, kwh, level_sum, readings, relation, filter),
                       E'\n    UNION ALL' ORDER BY level, side, stream),
-           string_agg(format($b$
-        SELECT x.%1$I::text, %3$s, sum(x.%4$I), sum(x.%5$I), %6$s
-        FROM telemetry.%7$I x
-        WHERE %8$s
-        GROUP BY x.%1$I$b$, id, bucket, sign, kwh, level_sum,
-                             CASE WHEN suffix IS NULL THEN 'count(*)' ELSE 'sum(x.readings::integer)' END, relation, filter),
+           string_agg(CASE WHEN suffix IS NULL THEN format($b$
+        SELECT x.%1$I::text, %2$s, sum(x.%3$I), sum(x.%4$I), count(*)
+        FROM telemetry.%5$I x
+        WHERE %6$s
+        GROUP BY x.%1$I$b$, id, sign, kwh, level_sum, relation, filter)
+                           ELSE format($b$
+        SELECT x.%1$I::text, %2$s, x.%3$I, x.%4$I, x.readings::integer
+        FROM telemetry.%5$I x
+        WHERE %6$s$b$, id, sign, kwh, level_sum, relation, filter) END,
                       E'\n        UNION ALL' ORDER BY level, side, stream)
     INTO pieces, totals
     FROM (

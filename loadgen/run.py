@@ -75,6 +75,8 @@ def parse_duration(text: str) -> float:
 
 
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
+    if opts.verify and opts.asynchronous and not opts.nats_url:
+        raise SystemExit("--verify after an asynchronous run waits for the writers: it needs the NATS URL")
     fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate, first=opts.first_device)
     numbers = range(opts.first_device, opts.first_device + opts.devices)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)

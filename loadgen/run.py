@@ -142,7 +142,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         upcoming = asyncio.create_task(asyncio.to_thread(prepare, 0))
         for step in range(steps):
             batches = await upcoming
-            if step + 1 < steps:  # the next minute is prepared while this one goes out
+            if step + 1 < steps:  # the next step is prepared while this one goes out
                 upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
             for s, (body, rows) in enumerate(batches):
                 if minute_wall:  # spread the minute's readings over the minute, as devices would

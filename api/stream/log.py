@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ async def connect(settings: Settings, *, name: str, wait: bool = True) -> Client
             try:
                 await nc.connect(settings.nats_url, **options)
             except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
-                log.warning("NATS not reachable yet (%s); retrying", type(exc).__name__)
+                await _log_error(exc)
                 await asyncio.sleep(1)
 
     task = asyncio.get_running_loop().create_task(first_connection())
@@ -110,8 +111,16 @@ async def _quiet(_: Exception) -> None:
     """The caller reports the failure once."""
 
 
+_LAST_LOGGED: dict[str, float] = {}
+
+
 async def _log_error(exc: Exception) -> None:
-    log.warning("NATS: %s", exc)
+    """NATS errors, each distinct one at most once a minute (reconnection retries every half second)."""
+    text = str(exc) or type(exc).__name__
+    now = time.monotonic()
+    if now - _LAST_LOGGED.get(text, -120.0) >= 60:
+        _LAST_LOGGED[text] = now
+        log.warning("NATS: %s (reconnecting)", text)
 
 
 async def ensure_streams(nc: Client, settings: Settings) -> list[str]:

@@ -97,6 +97,7 @@ test: venv timescaledb browser dashboard ## Run the whole test suite against eve
 
 .PHONY: bench
 bench: venv db nats-install ## Run the benchmarks (prints a table, writes bench-results/*.json)
+	@bash scripts/install-bench-tools.sh
 	@DATABASE_URL='$(RUN_DATABASE_URL)' MIGRATE_DATABASE_URL='$(RUN_MIGRATE_URL)' $(PY) -m bench $(BENCH_ARGS)
 
 .PHONY: stop-db

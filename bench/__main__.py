@@ -55,6 +55,12 @@ def main() -> None:
         table.add_row("HTTP API (JSON, auth, validation, COPY)", f"{r['http_rows_per_s']:,}",
                       str(r["http_request_p50_ms"]), str(r["http_request_p99_ms"]))
         table.add_row("ratio HTTP / direct", f"{r['ratio']:.0%}", "", "")
+        if "small_batches" in r:
+            s = r["small_batches"]
+            table.add_row(f"direct psycopg, {s['batch_size']} a request", f"{s['direct_rows_per_s']:,}", "", "")
+            table.add_row(f"HTTP API, {s['batch_size']} a request", f"{s['http_rows_per_s']:,}",
+                          str(s["http_request_p50_ms"]), str(s["http_request_p99_ms"]))
+            table.add_row(f"ratio HTTP / direct, {s['batch_size']} a request", f"{s['ratio']:.0%}", "", "")
         console.print(table)
 
     if "analytics" in sections:
@@ -78,6 +84,18 @@ def main() -> None:
                             "round_trip_floor")):
             q = r[key]
             table.add_row(label, str(q["p50_ms"]), str(q["p99_ms"]), str(q["requests_per_s"]))
+        table.add_row("endpoint requests/s / SQL function requests/s (Python clients: httpx, psycopg)",
+                      f"{r['endpoint_rps_over_sql_rps']:.2f}", "", "")
+        c = r["performance_c_clients"]
+        if "ratio" in c:
+            table.add_row(f"GET /v1/analytics/performance/{{id}}, wrk, {c['clients']} connections",
+                          c["endpoint_p50"], c["endpoint_p99"], str(c["endpoint_requests_per_s"]))
+            table.add_row(f"telemetry.vehicle_performance(), pgbench -M prepared, {c['clients']} clients", "", "",
+                          str(c["sql_requests_per_s"]))
+            table.add_row("endpoint requests/s / SQL function requests/s (C clients: wrk, pgbench)",
+                          f"{c['ratio']:.2f}", "", "")
+        else:
+            table.add_row(f"C clients: {c['skipped']}", "", "", "")
         table.add_row("raw p50 / endpoint p50", f"{r['raw_p50_over_endpoint_p50']}x", "", "")
         table.add_row("raw p50 / SQL function p50", f"{r['raw_p50_over_sql_p50']}x", "", "")
         table.add_row("endpoint requests/s / raw requests/s", f"{r['endpoint_rps_over_raw_rps']}x", "", "")
@@ -91,7 +109,9 @@ def main() -> None:
             table.add_row(label, str(q["p50_ms"]), str(q["p99_ms"]), str(q["requests_per_s"]))
         table.add_row("24 whole hours: raw p50 / SQL function p50", f"{r['whole_hours_raw_p50_over_sql_p50']}x", "", "")
         for label, key in (("GET /v1/analytics/fleet, 24 whole hours", "fleet_endpoint_24_whole_hours"),
-                           ("GET /v1/analytics/fleet, last 24 h", "fleet_endpoint_last_24h")):
+                           ("GET /v1/analytics/fleet, last 24 h", "fleet_endpoint_last_24h"),
+                           ("telemetry.fleet_summary() over psycopg, 24 whole hours", "fleet_sql_24_whole_hours"),
+                           ("telemetry.fleet_summary() over psycopg, last 24 h", "fleet_sql_last_24h")):
             f = r[key]
             table.add_row(label, str(f["p50_ms"]), str(f["p99_ms"]), str(f["requests_per_s"]))
         console.print(table)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from api.server import analytics
 from api.ops.maintenance import run_refresh_policies
@@ -175,6 +179,51 @@ def _sql_load(url: str, sql: str, params: list[dict], concurrency: int) -> dict:
     return _stats(latencies, time.perf_counter() - started)
 
 
+PGBENCH = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "pgbench"
+
+
+def _c_clients_ratio(api_url: str, key: str, database_url: str, vehicles: int, window: dict,
+                     concurrency: int, seconds: int = 15) -> dict:
+    """The per-vehicle endpoint and its SQL function, each driven by a load client written in C (wrk
+    over HTTP, pgbench over the PostgreSQL protocol, prepared statements as psycopg uses them after its
+    threshold), same clients, same random vehicles, same window: the Python clients above spend on the
+    same two cores much more CPU per HTTP request (httpx) than per query (psycopg), which weighs on the
+    endpoint's figure only. None when wrk or pgbench is missing."""
+    if shutil.which("wrk") is None or not PGBENCH.exists():
+        return {"skipped": "wrk or pgbench is not installed (make bench installs wrk)"}
+    frm, to = window["from"].strftime("%Y-%m-%dT%H:%M:%SZ"), window["to"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    with tempfile.TemporaryDirectory() as tmp:
+        lua, sql = Path(tmp) / "perf.lua", Path(tmp) / "perf.sql"
+        lua.write_text(f"""math.randomseed(42)
+request = function()
+  local v = string.format("EV-%05d", math.random(0, {vehicles - 1}))
+  return wrk.format("GET", "/v1/analytics/performance/" .. v .. "?from={frm}&to={to}",
+                    {{["Authorization"] = "Bearer {key}"}})
+end
+""")
+        sql.write_text(f"""\\set v random(0, {vehicles - 1})
+SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::varchar, '{frm}'::timestamptz,
+    '{to}'::timestamptz, 0.85, 0.75, 0.1);
+""")
+        subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d3s", "-s", str(lua), api_url], check=True,
+                       capture_output=True)  # warm-up
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(lua), api_url],
+                             check=True, capture_output=True, text=True).stdout
+        http_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        info = conninfo_to_dict(database_url)
+        args = [str(PGBENCH), "-n", f"-c{concurrency}", "-j1", "-M", "prepared", f"-T{seconds}", "-f", str(sql),
+                "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
+                "-U", str(info.get("user", "postgres")), str(info["dbname"])]
+        pg = subprocess.run(args, check=True, capture_output=True, text=True,
+                            env={**os.environ, "PGPASSWORD": str(info.get("password", ""))}).stdout
+        sql_tps = float(re.search(r"tps = ([\d.]+)", pg)[1])
+    return {"endpoint_requests_per_s": round(http_rps, 1), "endpoint_non_2xx": int(non_2xx[1]) if non_2xx else 0,
+            "endpoint_p50": re.search(r"50%\s+(\S+)", out)[1], "endpoint_p99": re.search(r"99%\s+(\S+)", out)[1],
+            "sql_requests_per_s": round(sql_tps, 1), "ratio": round(http_rps / sql_tps, 2), "seconds": seconds,
+            "clients": concurrency}
+
+
 def _check_same_answers(url: str, windows: list[dict]) -> None:
     """The benchmark compares like with like: the aggregate path and the raw computation agree."""
     thresholds = {"healthy": 0.85, "degraded": 0.75, "min_ac_kwh": 0.1}
@@ -257,7 +306,9 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
                                               concurrency)
         # The floor of any SQL-level figure: a statement that reads nothing, same clients.
         result["round_trip_floor"] = _sql_load(url, "SELECT 1", [{}] * requests, concurrency)
+        result["performance_c_clients"] = _c_clients_ratio(api.url, key, url, devices, window, concurrency)
         raw, endpoint, sql = result["raw_computation"], result["performance_endpoint"], result["performance_sql"]
+        result["endpoint_rps_over_sql_rps"] = round(endpoint["requests_per_s"] / sql["requests_per_s"], 2)
         result["raw_p50_over_endpoint_p50"] = round(raw["p50_ms"] / endpoint["p50_ms"], 1)
         result["raw_p50_over_sql_p50"] = round(raw["p50_ms"] / sql["p50_ms"], 1)
         result["endpoint_rps_over_raw_rps"] = round(endpoint["requests_per_s"] / raw["requests_per_s"], 1)

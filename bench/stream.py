@@ -24,7 +24,7 @@ from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
 from api.stream.process import NatsServer, WriterProcess
 from bench.env import ApiProcess, create_key, free_port, fresh_database
 
-DATABASE = "telemetry_bench_stream"
+DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not drop each other's
 # (label, transport, writers)
 PATHS = [("sync HTTP", "http", 0), ("async HTTP, 1 writer", "http-async", 1), ("async HTTP, 2 writers", "http-async", 2),
          ("MQTT, 1 writer", "mqtt", 1), ("MQTT, 2 writers", "mqtt", 2)]

@@ -31,8 +31,12 @@ def test_compose_pins_a_community_timescaledb_image_with_a_healthcheck() -> None
 
 def test_compose_runs_migrations_once_before_the_api() -> None:
     services = _compose()["services"]
-    assert services["migrate"]["command"] == ["python", "-m", "api", "migrate"]
+    # The log's streams are left to the writers: NATS starts after the migration (its users need the keys).
+    assert services["migrate"]["command"] == ["python", "-m", "api", "migrate", "--no-stream"]
     assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["nats"]["depends_on"]["broker-users-init"]["condition"] == "service_completed_successfully"
+    assert services["writer"]["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert services["broker-users"]["pid"] == "service:nats"
     assert services["migrate"]["restart"] == "no"
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert "/health/ready" in " ".join(services["api"]["healthcheck"]["test"])

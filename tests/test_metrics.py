@@ -76,7 +76,9 @@ def test_every_scrape_adds_up_the_counters_of_all_workers(live_server_factory, k
         assert total(samples, REQUESTS, method="POST", path=M, status_code="200") == n
         assert total(samples, DURATIONS, method="POST", path=M, status_code="200") == n
         assert total(samples, IN_PROGRESS, path=M) == 0
-        assert not any("pid" in labels for _, labels, _ in samples)  # added up, not listed per process
+        # Added up, not listed per process (but for the gauges that describe each worker's own key cache).
+        assert not any("pid" in labels for name, labels, _ in samples if not name.startswith("telemetry_api_key_"))
+        assert any(name.startswith("telemetry_api_key_") for name, _, _ in samples)
     # Not vacuous: both workers served some of the requests, so each alone would have shown fewer.
     (metrics_dir,) = metrics_dirs(tmp_path)
     per_worker = readings_per_worker(metrics_dir)

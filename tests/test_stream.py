@@ -49,8 +49,14 @@ def stored(database: Database) -> tuple[int, int, float]:
 
 
 def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:
+    """Polls until the predicate holds; a database still starting up counts as not yet."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except psycopg.OperationalError:
+            pass
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 

@@ -33,6 +33,7 @@ from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthenticatio
 from api.server.telemetry import TelemetryController
 from api.server.webhooks import WebhookController
 from api.settings import Settings
+from api.stream.log import close as stream_close
 from api.stream.log import connect as stream_connect
 
 
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
-            await app.state.nats.close()
+            await stream_close(app.state.nats)
 
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(

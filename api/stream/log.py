@@ -9,6 +9,7 @@ Subjects: ``telemetry.meters`` and ``telemetry.vehicles`` carry batches publishe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -27,7 +28,7 @@ from api.readings import Batch
 from api.settings import Settings
 
 log = logging.getLogger("api.stream")
-_CONNECTING: set[asyncio.Task] = set()
+_CONNECTING: dict[Client, asyncio.Task] = {}
 
 SUBJECTS = ["telemetry.meters", "telemetry.meters.>", "telemetry.vehicles", "telemetry.vehicles.>"]
 DEAD_LETTER_PREFIX = "deadletter."
@@ -102,9 +103,21 @@ async def connect(settings: Settings, *, name: str, wait: bool = True) -> Client
                 await asyncio.sleep(1)
 
     task = asyncio.get_running_loop().create_task(first_connection())
-    _CONNECTING.add(task)
-    task.add_done_callback(_CONNECTING.discard)
+    _CONNECTING[nc] = task
+    task.add_done_callback(lambda _: _CONNECTING.pop(nc, None))
     return nc
+
+
+async def close(nc: Client) -> None:
+    """Stop connecting (a connection still being attempted is abandoned) and close."""
+    task = _CONNECTING.pop(nc, None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def _quiet(_: Exception) -> None:

@@ -35,7 +35,7 @@ from api.db.pool import create_pool
 from api.db.retention import RetentionCache
 from api.readings import STREAMS, BadInput, Batch, Limits, parse_body, validate_batch
 from api.settings import Settings
-from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, connect,
+from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, close, connect,
                             ensure_streams)
 
 log = logging.getLogger("api.writer")
@@ -303,5 +303,5 @@ async def run_writer(settings: Settings) -> None:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await serving
-        await nc.close()  # what was committed is acknowledged; the rest is redelivered to another writer
+        await close(nc)  # what was committed is acknowledged; the rest is redelivered to another writer
         await pool.close()

@@ -10,8 +10,20 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT true $$;
 -- or rolled up to an hour, six hours or a day), all merging rows by the stream's rule, in one static
 -- statement (no dynamic SQL on the ingest path). They return how many aggregate rows they wrote.
 -- (Their argument was named hours when the finest level was hourly: a renamed argument needs a drop.)
-DROP FUNCTION IF EXISTS telemetry.add_meter_energy(telemetry.meter_energy_hourly[]),
-                        telemetry.add_vehicle_energy(telemetry.vehicle_energy_hourly[]);
+-- Only a definition of an earlier release is dropped (its argument was named hours, or it returned
+-- nothing): dropping on every migration would fail ingests running meanwhile ("function does not exist").
+DO $drop$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.pronamespace = 'telemetry'::regnamespace
+               AND p.proname IN ('add_meter_energy', 'add_vehicle_energy')
+               AND (p.proargnames IS DISTINCT FROM ARRAY['slots'] OR p.prorettype <> 'bigint'::regtype)
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END $drop$;
 DO $do$
 DECLARE
     s record;

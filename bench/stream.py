@@ -13,9 +13,11 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -279,6 +281,44 @@ def _outage_figures(samples: list[dict], cut_at: float, restored_at: float, spee
     return figures
 
 
+def _writer_capacity(nats_server: NatsServer, messages: int, writers: int) -> dict:
+    """How fast writers drain MQTT-shaped messages (one reading each, on device subjects) from a log filled
+    beforehand, with no device sending meanwhile: the platform's side of the MQTT path, apart from the
+    MQTT clients that share these cores in the runs above."""
+    url = fresh_database(DATABASE)
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
+    devices = 2000
+
+    async def fill() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        pending = []
+        for i in range(messages):
+            meter = f"MTR-{i % devices:05d}"
+            body = msgspec.json.encode({"meterId": meter, "kwhConsumedAc": 0.01, "voltage": 230.0,
+                                        "timestamp": base + timedelta(minutes=i // devices)})
+            pending.append(await js.publish_async(f"telemetry.meters.{meter}", body))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+        await nc.close()
+
+    asyncio.run(fill())
+    started = time.perf_counter()
+    procs = [WriterProcess(url, nats_server.url) for _ in range(writers)]
+    try:
+        while _stored_rows(url) < messages and time.perf_counter() - started < 600:
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.stop()
+    stored = _stored_rows(url)
+    return {"messages": messages, "writers": writers, "stored": stored, "seconds_with_start": round(elapsed, 1),
+            "messages_per_s": round(stored / elapsed)}
+
+
 def run(devices: int, speedup: float, duration: str, batch_size: int, concurrency: int, mqtt_connections: int,
         outage_duration: str, outage_at_s: float = 15.0, outage_s: float = 20.0,
         paths: list[tuple[str, str, int]] | None = None) -> dict:
@@ -297,6 +337,8 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
             for p in result["paths"]:
                 p["ratio_to_sync"] = (round(p["stored_rows_per_s"] / sync["stored_rows_per_s"], 3)
                                       if sync and sync["stored_rows_per_s"] else None)
+            print("stream: writer capacity for one-reading messages (a log filled beforehand) ...", flush=True)
+            result["writer_capacity"] = [_writer_capacity(nats_server, 100_000, n) for n in (1, 2)]
             if outage_s > 0:
                 print(f"stream: {outage_s:g} s database outage under async HTTP ...", flush=True)
                 result["outage"] = _outage(nats_server, 2, devices, speedup, outage_duration, batch_size, concurrency,
@@ -324,6 +366,16 @@ def print_tables(console, r: dict) -> None:
                       str((p["request_latency_ms"] or {}).get("p99", "")), f"{p['failed'] or 0:,}",
                       "passed" if p["verified"] else "FAILED")
     console.print(table)
+    if r.get("writer_capacity"):
+        table = Table(title="Writers draining one-reading (MQTT-shaped) messages from a log filled beforehand, "
+                            "no device sending: the platform's side of the MQTT path (the time includes the "
+                            "writers' start)")
+        for column in ("writers", "messages", "stored", "seconds", "messages/s"):
+            table.add_column(column, justify="right")
+        for c in r["writer_capacity"]:
+            table.add_row(str(c["writers"]), f"{c['messages']:,}", f"{c['stored']:,}", str(c["seconds_with_start"]),
+                          f"{c['messages_per_s']:,}")
+        console.print(table)
     o = r.get("outage")
     if o:
         table = Table(title=f"{o['outage_s']} s database outage (the writers' connections cut) under async HTTP at "

@@ -109,15 +109,17 @@ async def connect(settings: Settings, *, name: str, wait: bool = True) -> Client
 
 
 async def close(nc: Client) -> None:
-    """Stop connecting (a connection still being attempted is abandoned) and close."""
+    """Stop connecting (a connection still being attempted is abandoned) and close, in bounded time."""
     task = _CONNECTING.pop(nc, None)
-    if task is not None:
+    if task is not None and not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            await asyncio.wait_for(task, 2)
+        if not nc.is_connected:
+            return  # never connected: nothing to close (closing such a client can wait for ever)
     if not nc.is_closed:
         with contextlib.suppress(Exception):
-            await nc.close()
+            await asyncio.wait_for(nc.close(), 5)
 
 
 async def _quiet(_: Exception) -> None:

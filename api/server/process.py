@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 
 import httpx
 
@@ -20,7 +21,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ApiProcess:
+class ChildProcess:
+    """A command of the platform in a subprocess of its own process group, its output in `log`."""
+
+    process: subprocess.Popen
+    log: IO[bytes]
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL to the process group: no graceful shutdown, work in flight is cut."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to the process group; SIGKILL if it has not stopped within 15 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+class ApiProcess(ChildProcess):
     """`python -m api serve` in a subprocess (its own process group), as users run it; used by the
     benchmarks and the tests. `server` picks the ASGI server for comparisons."""
 
@@ -52,25 +80,6 @@ class ApiProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the API did not become ready: {self.output()[-2000:]}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL to the server and its workers: no graceful shutdown, requests in flight are cut."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
 
     def __enter__(self) -> ApiProcess:
         return self

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from api.server.process import free_port
+from api.server.process import ChildProcess, free_port
 from api.settings import PROJECT_ROOT
 
 LOCAL_NATS = PROJECT_ROOT / "scripts" / "local-nats.sh"
@@ -69,7 +69,7 @@ class NatsServer:
         return (self.dir / "nats.log").read_text(errors="replace")
 
 
-class WriterProcess:
+class WriterProcess(ChildProcess):
     """`python -m api writer` in a subprocess (its own process group), ready once its health says so."""
 
     def __init__(self, database_url: str, nats_url: str, **env: str) -> None:
@@ -94,10 +94,6 @@ class WriterProcess:
         self.stop()
         raise RuntimeError(f"the writer did not become ready: {self.output()[-3000:]}")
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
     def metrics(self) -> dict[str, float]:
         """The writer's Prometheus samples, `name{labels}` -> value."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
@@ -107,18 +103,3 @@ class WriterProcess:
                 name, _, value = line.rpartition(" ")
                 samples[name] = float(value)
         return samples
-
-    def kill(self) -> None:
-        """SIGKILL to the writer: no graceful shutdown, its batch in flight is cut."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()

@@ -131,7 +131,10 @@ $$;
 --   telemetry.energy_totals(stream, cut): every device's totals, the fleet-wide path. A raw stretch
 --     is summed per device right above its scan, so that one row per device reaches the final sum;
 --     aggregate rows (a few per device and stretch) go to the final sum as they are: one hash table
---     instead of one per stretch. Counts sum in integers (a bigint sum is a numeric one). A device
+--     instead of one per stretch. Each branch gives its values already signed, as
+--     `CASE WHEN part_sign(..) > 0 THEN v ELSE -v END`: under the fleet's custom plan the test is a
+--     constant and the CASE folds to `v` or `-v` while planning, so no sign travels with each row to
+--     be multiplied in above. Counts sum in integers (a bigint sum is a numeric one). A device
 --     whose parts cancel out (all its readings in subtracted stretches) has no row. Device ids come
 --     out in the "C" collation: the fleet query sorts and joins 10,000 of them, and byte-wise
 --     comparison is cheaper than a linguistic collation's (equality is the same).
@@ -146,14 +149,18 @@ BEGIN
     WHERE %8$s$b$, id, bucket, sign, kwh, level_sum, readings, relation, filter),
                       E'\n    UNION ALL' ORDER BY level, side, stream),
            string_agg(CASE WHEN suffix IS NULL THEN format($b$
-        SELECT x.%1$I::text, %2$s, sum(x.%3$I), sum(x.%4$I), count(*)
+        SELECT x.%1$I::text, CASE WHEN %2$s THEN sum(x.%3$I) ELSE -sum(x.%3$I) END,
+               CASE WHEN %2$s THEN sum(x.%4$I) ELSE -sum(x.%4$I) END,
+               CASE WHEN %2$s THEN count(*)::integer ELSE -count(*)::integer END
         FROM telemetry.%5$I x
         WHERE %6$s
-        GROUP BY x.%1$I$b$, id, sign, kwh, level_sum, relation, filter)
+        GROUP BY x.%1$I$b$, id, forward, kwh, level_sum, relation, filter)
                            ELSE format($b$
-        SELECT x.%1$I::text, %2$s, x.%3$I, x.%4$I, x.readings::integer
+        SELECT x.%1$I::text, CASE WHEN %2$s THEN x.%3$I ELSE -x.%3$I END,
+               CASE WHEN %2$s THEN x.%4$I ELSE -x.%4$I END,
+               CASE WHEN %2$s THEN x.readings::integer ELSE -x.readings::integer END
         FROM telemetry.%5$I x
-        WHERE %6$s$b$, id, sign, kwh, level_sum, relation, filter) END,
+        WHERE %6$s$b$, id, forward, kwh, level_sum, relation, filter) END,
                       E'\n        UNION ALL' ORDER BY level, side, stream)
     INTO pieces, totals
     FROM (
@@ -164,6 +171,7 @@ BEGIN
                CASE WHEN l.suffix IS NULL THEN s.stream || '_readings'
                     ELSE format('%s_energy_%s_materialized', s.stream, l.suffix) END AS relation,
                format('telemetry.part_sign(%s, %s)', t.lo, t.hi) AS sign,
+               format('telemetry.part_sign(%s, %s) > 0', t.lo, t.hi) AS forward,
                format('p_stream = %1$L AND %2$s <> %3$s AND x.%4$I >= least(%2$s, %3$s) AND x.%4$I < greatest(%2$s, %3$s)',
                       s.stream, t.lo, t.hi, CASE WHEN l.suffix IS NULL THEN 'time' ELSE 'bucket' END) AS filter
         FROM unnest(ARRAY[NULL, '10m', 'hourly', '6h', 'daily']) WITH ORDINALITY AS l(suffix, level),
@@ -183,12 +191,11 @@ $b$$f$, pieces);
 CREATE OR REPLACE FUNCTION telemetry.energy_totals(p_stream text, cut telemetry.window_cut)
 RETURNS TABLE (device_id text, kwh double precision, level_sum double precision, readings bigint)
 LANGUAGE sql STABLE AS $b$
-    SELECT p.device_id COLLATE "C", sum(p.sign * p.kwh), sum(p.sign * p.level_sum),
-           sum((p.sign * p.readings)::integer)
+    SELECT p.device_id COLLATE "C", sum(p.kwh), sum(p.level_sum), sum(p.readings)
     FROM (%s
-    ) AS p (device_id, sign, kwh, level_sum, readings)
+    ) AS p (device_id, kwh, level_sum, readings)
     GROUP BY 1
-    HAVING sum((p.sign * p.readings)::integer) <> 0
+    HAVING sum(p.readings) <> 0
 $b$$f$, totals);
 END $do$;
 

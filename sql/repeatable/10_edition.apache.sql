@@ -9,21 +9,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT true $$;
 -- one template: per stream, one upsert per aggregate table (the batch's ten-minute rows as they are,
 -- or rolled up to an hour, six hours or a day), all merging rows by the stream's rule, in one static
 -- statement (no dynamic SQL on the ingest path). They return how many aggregate rows they wrote.
--- (Their argument was named hours when the finest level was hourly: a renamed argument needs a drop.)
--- Only a definition of an earlier release is dropped (its argument was named hours, or it returned
--- nothing): dropping on every migration would fail ingests running meanwhile ("function does not exist").
-DO $drop$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-             WHERE p.pronamespace = 'telemetry'::regnamespace
-               AND p.proname IN ('add_meter_energy', 'add_vehicle_energy')
-               AND (p.proargnames IS DISTINCT FROM ARRAY['slots'] OR p.prorettype <> 'bigint'::regtype)
-    LOOP
-        EXECUTE format('DROP FUNCTION %s', f);
-    END LOOP;
-END $drop$;
+-- (An earlier release's definitions are dropped by 05_energy_functions_upgrade.sql.)
 DO $do$
 DECLARE
     s record;

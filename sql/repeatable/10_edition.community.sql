@@ -3,21 +3,6 @@
 CREATE OR REPLACE FUNCTION telemetry.aggregates_maintained_by_ingest() RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT false $$;
 
--- Only a definition of an earlier release is dropped (its argument was named hours, or it returned
--- nothing): dropping on every migration would fail ingests running meanwhile ("function does not exist").
-DO $drop$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-             WHERE p.pronamespace = 'telemetry'::regnamespace
-               AND p.proname IN ('add_meter_energy', 'add_vehicle_energy')
-               AND (p.proargnames IS DISTINCT FROM ARRAY['slots'] OR p.prorettype <> 'bigint'::regtype)
-    LOOP
-        EXECUTE format('DROP FUNCTION %s', f);
-    END LOOP;
-END $drop$;
-
 CREATE OR REPLACE FUNCTION telemetry.add_meter_energy(slots telemetry.meter_energy_hourly[]) RETURNS bigint
 LANGUAGE plpgsql STRICT AS $$
 BEGIN

@@ -78,8 +78,9 @@ class ApiProcess(ChildProcess):
             if ready and all(line in self.output() for line in started):
                 return
             time.sleep(0.1)
+        output = self.output()  # read before stop() closes the log
         self.stop()
-        raise RuntimeError(f"the API did not become ready: {self.output()[-2000:]}")
+        raise RuntimeError(f"the API did not become ready: {output[-2000:]}")
 
     def __enter__(self) -> ApiProcess:
         return self

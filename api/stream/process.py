@@ -91,8 +91,9 @@ class WriterProcess(ChildProcess):
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
+        output = self.output()  # read before stop() closes the log
         self.stop()
-        raise RuntimeError(f"the writer did not become ready: {self.output()[-3000:]}")
+        raise RuntimeError(f"the writer did not become ready: {output[-3000:]}")
 
     def metrics(self) -> dict[str, float]:
         """The writer's Prometheus samples, `name{labels}` -> value."""

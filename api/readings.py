@@ -105,18 +105,20 @@ def _row_error(exc: msgspec.MsgspecError, default_index: int) -> RowError:
 _decoders: dict[Any, msgspec.json.Decoder] = {}
 
 
-def _decoder(kind: Any) -> msgspec.json.Decoder:
+def decoder(kind: Any) -> msgspec.json.Decoder:
+    """The JSON decoder of a type, made once (the stream writer decodes MQTT readings with these too)."""
     if kind not in _decoders:
         _decoders[kind] = msgspec.json.Decoder(kind)
     return _decoders[kind]
 
 
-def _device_id(reading: MeterReading | VehicleReading) -> str:
+def device_id(reading: MeterReading | VehicleReading) -> str:
+    """The meter's or the vehicle's id of a reading."""
     return reading.meter_id if type(reading) is MeterReading else reading.vehicle_id
 
 
 def _device_id_error(reading: MeterReading | VehicleReading, index: int) -> RowError | None:
-    if _DEVICE_ID_CHARS.fullmatch(_device_id(reading)):
+    if _DEVICE_ID_CHARS.fullmatch(device_id(reading)):
         return None
     return RowError(index=index, reason=_DEVICE_ID_REASON,
                     field="meterId" if type(reading) is MeterReading else "vehicleId")
@@ -128,7 +130,7 @@ def check_device_ids(rows: list) -> list:
     if type(rows[0]) is MeterReading and all(type(r) is MeterReading for r in rows):
         joined = "".join([r.meter_id for r in rows])
     else:
-        joined = "".join([_device_id(r) for r in rows])
+        joined = "".join([device_id(r) for r in rows])
     if _DEVICE_ID_CHARS.fullmatch(joined):
         return rows
     errors = [e for index, row in enumerate(rows) if (e := _device_id_error(row, index))]
@@ -143,20 +145,20 @@ def _decode_json_rows(body: bytes, kind: type) -> list:
         raise BadInput(422, "empty body: send one reading or a non-empty array of readings")
     if stripped[:1] != b"[":
         try:
-            return check_device_ids([_decoder(kind).decode(body)])
+            return check_device_ids([decoder(kind).decode(body)])
         except msgspec.ValidationError as exc:
             raise BadInput(422, "invalid reading", [_row_error(exc, 0)]) from None
         except msgspec.DecodeError as exc:
             raise BadInput(422, f"malformed JSON: {exc}") from None
     try:
-        rows = _decoder(list[kind]).decode(body)
+        rows = decoder(list[kind]).decode(body)
     except msgspec.DecodeError as exc:
         if not isinstance(exc, msgspec.ValidationError):
             raise BadInput(422, f"malformed JSON: {exc}") from None
     else:
         return check_device_ids(rows) if rows else rows
-    raws = _decoder(list[msgspec.Raw]).decode(body)
-    return _decode_each(raws, lambda raw: _decoder(kind).decode(raw))
+    raws = decoder(list[msgspec.Raw]).decode(body)
+    return _decode_each(raws, lambda raw: decoder(kind).decode(raw))
 
 
 def _rejected(errors: list[RowError]) -> BadInput:
@@ -190,12 +192,12 @@ def _decode_ndjson(body: bytes, kind: type) -> list:
     if not lines:
         raise BadInput(422, "empty body: send one reading per line")
     try:
-        return check_device_ids(_decoder(list[kind]).decode(b"[" + b",".join(lines) + b"]"))
+        return check_device_ids(decoder(list[kind]).decode(b"[" + b",".join(lines) + b"]"))
     except msgspec.DecodeError:
         pass  # find and report the failing lines below
 
     def decode_line(line: bytes) -> Any:
-        return _decoder(kind).decode(line)
+        return decoder(kind).decode(line)
 
     return _decode_each(lines, decode_line)
 
@@ -234,7 +236,7 @@ def _decode_csv_text(text: str, kind: type) -> list:
 
 def _decode_mixed(body: bytes) -> list:
     try:
-        items = _decoder(list[dict[str, Any]] | dict[str, Any]).decode(body)
+        items = decoder(list[dict[str, Any]] | dict[str, Any]).decode(body)
     except msgspec.ValidationError:
         raise BadInput(422, "send a JSON array of readings (objects)") from None
     except msgspec.DecodeError as exc:

@@ -17,8 +17,8 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import psycopg
@@ -33,7 +33,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from api.db.ingest import ingest_batch
 from api.db.pool import create_pool
 from api.db.retention import RetentionCache
-from api.readings import STREAMS, BadInput, Batch, Limits, parse_body, validate_batch
+from api.readings import (STREAMS, BadInput, Batch, Limits, check_device_ids, decoder, device_id, parse_body,
+                          validate_batch)
 from api.settings import Settings
 from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, close, connect,
                             ensure_streams)
@@ -83,31 +84,79 @@ class Verdict:
     error: str | None = None
 
 
+def _topic(subject: str) -> tuple[str, str | None]:
+    """The stream a subject names, and the device an MQTT topic names (None on a stream's own subject);
+    NATS 2.10+ maps a '.' of the topic to '//'."""
+    _, _, rest = subject.partition(".")
+    stream, has_device, device = rest.partition(".")
+    return stream, device.replace("//", ".") if has_device else None
+
+
 def judge(msg: Msg, limits: Limits) -> Verdict:
     """Validate one message as the synchronous API validates one request."""
-    tokens = msg.subject.split(".")
-    stream = tokens[1] if len(tokens) > 1 and tokens[1] in STREAMS else "unknown"
-    if stream == "unknown":
-        return Verdict(stream, error=f"subject {msg.subject!r} names no stream")
+    stream, device = _topic(msg.subject)
+    if stream not in STREAMS:
+        return Verdict("unknown", error=f"subject {msg.subject!r} names no stream")
     try:
         rows = validate_batch(parse_body(msg.data, "application/json", stream), limits)
     except BadInput as exc:
         detail = "; ".join(f"reading {e.index}{f' {e.field}' if e.field else ''}: {e.reason}" for e in exc.errors)
         return Verdict(stream, error=f"{exc.message}{': ' + detail if detail else ''}")
     readings = rows.meters if stream == "meters" else rows.vehicles
-    if len(tokens) > 2:
-        # An MQTT topic names its device (NATS 2.10+ maps a '.' of the topic to '//').
-        device = ".".join(tokens[2:]).replace("//", ".")
-        id_field = "meter_id" if stream == "meters" else "vehicle_id"
+    if device is not None:  # an MQTT topic names its device
         for index, reading in enumerate(readings):
-            if getattr(reading, id_field) != device:
-                return Verdict(stream, error=f"reading {index} is of {getattr(reading, id_field)!r}, "
+            if device_id(reading) != device:
+                return Verdict(stream, error=f"reading {index} is of {device_id(reading)!r}, "
                                              f"published to the topic of {device!r}")
     return Verdict(stream, rows=readings)
 
 
-def _lag_s(msg: Msg, now: datetime) -> float:
-    return max(0.0, (now - msg.metadata.timestamp).total_seconds())
+def _delivery(msg: Msg) -> tuple[int, int]:
+    """How many times the message was delivered and when the log stored it (ns since the epoch), read from
+    its reply subject ($JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>): Msg.metadata
+    builds four objects per message to say the same."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4]), int(tokens[7])
+    metadata = msg.metadata  # the form with a JetStream domain
+    return metadata.num_delivered, int(metadata.timestamp.timestamp() * 1_000_000_000)
+
+
+def judge_all(msgs: list[Msg], limits: Limits) -> list[Verdict]:
+    """judge() of every message, in order. The messages MQTT devices send (one JSON reading on the subject
+    of its device) are decoded one by one and validated together, one call per stream; a message that does
+    not decode, or whose reading is not its subject's device, and every message of a stream whose combined
+    validation fails, is judged on its own, so that each dead letter keeps the reason judge() gives."""
+    verdicts: list[Verdict | None] = [None] * len(msgs)
+    pending: dict[str, tuple[list[int], list]] = {stream: ([], []) for stream in STREAMS}
+    for index, msg in enumerate(msgs):
+        stream, device = _topic(msg.subject)
+        # parse_body's decoder of one reading: it decodes and refuses exactly the same bodies.
+        if stream in STREAMS and device and msg.data[:1] == b"{":
+            try:
+                reading = decoder(STREAMS[stream]).decode(msg.data)
+            except msgspec.DecodeError:  # ValidationError included
+                pass
+            else:
+                if device_id(reading) == device:
+                    indexes, rows = pending[stream]
+                    indexes.append(index)
+                    rows.append(reading)
+                    continue
+        verdicts[index] = judge(msg, limits)
+    for stream, (indexes, rows) in pending.items():
+        if not rows:
+            continue
+        try:
+            # One reading per message: a message can never exceed max_rows, the combined list may.
+            validate_batch(check_device_ids(rows), Limits(len(rows), limits.max_future_skew, limits.max_age))
+        except BadInput:
+            for index in indexes:
+                verdicts[index] = judge(msgs[index], limits)
+        else:
+            for index, reading in zip(indexes, rows):
+                verdicts[index] = Verdict(stream, [reading])
+    return verdicts
 
 
 class Writer:
@@ -173,14 +222,16 @@ class Writer:
     async def process(self, msgs: list[Msg]) -> None:
         retention = await self.retention.get_or_last(self.pool)
         limits = Limits(max(self.settings.max_rows, 1), self.settings.max_future_skew, retention.accepted_age)
+        deliveries = [_delivery(msg) for msg in msgs]
+        if redelivered := sum(1 for delivered, _ in deliveries if delivered > 1):
+            REDELIVERIES.inc(redelivered)
         valid: list[tuple[Msg, Verdict]] = []
+        stored_ns: list[int] = []
         invalid: list[tuple[Msg, str]] = []
-        for msg in msgs:
-            if msg.metadata.num_delivered > 1:
-                REDELIVERIES.inc()
-            verdict = judge(msg, limits)
+        for msg, verdict, (_, stored) in zip(msgs, judge_all(msgs, limits), deliveries):
             if verdict.error is None:
                 valid.append((msg, verdict))
+                stored_ns.append(stored)
             else:
                 invalid.append((msg, verdict.error))
         for msg, reason in invalid:
@@ -201,10 +252,14 @@ class Writer:
                     await asyncio.wait_for(self.stopping.wait(), self._backoff)
                 return
             self._backoff = 0.0
-            now = datetime.now(timezone.utc)
+            committed_ns = time.time_ns()
+            publish = self.nc.publish
             for msg, _ in valid:
-                await msg.ack()
-                LAG.observe(_lag_s(msg, now))
+                # An empty message to the reply subject is msg.ack(): sent from the client's buffer at the
+                # flush below, all at once.
+                await publish(msg.reply)
+            for stored in stored_ns:
+                LAG.observe(max(0.0, (committed_ns - stored) / 1e9))
             COMMITTED.inc(len(valid))
         BATCH_MESSAGES.observe(len(msgs))
         await self.nc.flush()

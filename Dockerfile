@@ -7,6 +7,9 @@ RUN npm ci --no-audit --no-fund --loglevel=error
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 SQL_DIR=/app/sql
+# The load generator's MQTT transport (--transport mqtt) drives the C MQTT client library.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends libmosquitto1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY energygrid ./energygrid

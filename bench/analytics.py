@@ -269,18 +269,26 @@ def _alert_pass(url: str, repeats: int) -> dict:
     return result
 
 
+# Whole-hour fleet windows are timed ending at each of the last ALIGNMENTS whole hours: the rows a
+# window reads depend on where its ends fall among the six-hour blocks and days of the aggregate
+# levels, so one window (ending at whatever hour the run happens to start) is no fair sample of
+# "any 24 h window". The load covers ALIGNMENTS hours more than `hours` for them.
+ALIGNMENTS = 6
+
+
 def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "http") -> dict:
     url = fresh_database("telemetry_bench_analytics")
     key = create_key(url)
     end = datetime.now(UTC)
     started = time.perf_counter()
-    result: dict = {"devices": devices * 2, "hours": hours, "load": load}
+    loaded_hours = hours + ALIGNMENTS
+    result: dict = {"devices": devices * 2, "hours": loaded_hours, "load": load}
     # No periodic alert evaluation in the server: the alert pass below measures the first one.
     with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 4)), ALERT_INTERVAL_S="0") as api:
         if load == "http":
-            result["backfill"] = _load_http(api, key, devices, hours)
+            result["backfill"] = _load_http(api, key, devices, loaded_hours)
         else:
-            _load_sql(url, devices, hours, end.replace(second=0, microsecond=0))
+            _load_sql(url, devices, loaded_hours, end.replace(second=0, microsecond=0))
         end = datetime.now(UTC)
         _finish_load(url)
         result["load_s"] = round(time.perf_counter() - started, 1)
@@ -326,16 +334,22 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
         result["whole_hours_raw_p50_over_sql_p50"] = round(
             result["raw_computation_whole_hours"]["p50_ms"] / result["performance_sql_whole_hours"]["p50_ms"], 1)
 
-        fleet_windows = {
-            "fleet_endpoint_24_whole_hours": {k: t.isoformat() for k, t in aligned.items()},
-            "fleet_endpoint_last_24h": query,
-        }
-        for name, params in fleet_windows.items():
-            result[name] = asyncio.run(_http_load(api.url, key, [("/v1/analytics/fleet", params)] * 30, 1))
+        # 24 whole hours ending at each of the last ALIGNMENTS whole hours, 5 requests each, interleaved.
+        alignments = [{"from": whole_hours_end - timedelta(hours=24 + k), "to": whole_hours_end - timedelta(hours=k)}
+                      for k in range(ALIGNMENTS)]
+        result["fleet_whole_hours_windows"] = [{k: t.isoformat() for k, t in a.items()} for a in alignments]
+        result["fleet_endpoint_24_whole_hours"] = asyncio.run(_http_load(
+            api.url, key, [("/v1/analytics/fleet", w) for _ in range(5) for w in result["fleet_whole_hours_windows"]],
+            1))
+        result["fleet_endpoint_last_24h"] = asyncio.run(_http_load(api.url, key, [("/v1/analytics/fleet", query)] * 30, 1))
         # The SQL function behind the fleet endpoint over psycopg, same windows: the share of the
-        # endpoint's time that the database spends.
+        # endpoint's time that the database spends; and the whole-hour windows one alignment at a time.
         fleet_params = {"worst": 10, **thresholds}
-        result["fleet_sql_24_whole_hours"] = _sql_load(url, analytics.FLEET_SQL, [{**aligned, **fleet_params}] * 30, 1)
+        result["fleet_sql_24_whole_hours"] = _sql_load(
+            url, analytics.FLEET_SQL, [{**a, **fleet_params} for _ in range(5) for a in alignments], 1)
+        result["fleet_sql_24_whole_hours_by_end"] = {
+            a["to"].strftime("%H:%M"): _sql_load(url, analytics.FLEET_SQL, [{**a, **fleet_params}] * 5, 1)
+            for a in alignments}
         result["fleet_sql_last_24h"] = _sql_load(url, analytics.FLEET_SQL, [{**window, **fleet_params}] * 30, 1)
         result["examples"] = {
             "performance": httpx.get(f"{api.url}/v1/analytics/performance/{vehicles[0]}", params=query,

@@ -92,8 +92,9 @@ def main() -> None:
                           c["endpoint_p50"], c["endpoint_p99"], str(c["endpoint_requests_per_s"]))
             table.add_row(f"telemetry.vehicle_performance(), pgbench -M prepared, {c['clients']} clients", "", "",
                           str(c["sql_requests_per_s"]))
-            table.add_row("endpoint requests/s / SQL function requests/s (C clients: wrk, pgbench)",
-                          f"{c['ratio']:.2f}", "", "")
+            table.add_row(f"endpoint requests/s / SQL function requests/s (C clients: wrk, pgbench; median of "
+                          f"{c['rounds']} alternating {c['seconds']} s pairs, min-max {c['ratio_min']:.2f}-"
+                          f"{c['ratio_max']:.2f})", f"{c['ratio']:.2f}", "", "")
         else:
             table.add_row(f"C clients: {c['skipped']}", "", "", "")
         table.add_row("raw p50 / endpoint p50", f"{r['raw_p50_over_endpoint_p50']}x", "", "")

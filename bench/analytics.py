@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,15 +184,18 @@ PGBENCH = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "pgbenc
 
 
 def _c_clients_ratio(api_url: str, key: str, database_url: str, vehicles: int, window: dict,
-                     concurrency: int, seconds: int = 15) -> dict:
+                     concurrency: int, rounds: int = 5, seconds: int = 6) -> dict:
     """The per-vehicle endpoint and its SQL function, each driven by a load client written in C (wrk
     over HTTP, pgbench over the PostgreSQL protocol, prepared statements as psycopg uses them after its
     threshold), same clients, same random vehicles, same window: the Python clients above spend on the
     same two cores much more CPU per HTTP request (httpx) than per query (psycopg), which weighs on the
-    endpoint's figure only. None when wrk or pgbench is missing."""
+    endpoint's figure only. Run in `rounds` alternating pairs (wrk, then pgbench), so that a noisy
+    neighbour weighs on both sides of a pair alike; the ratio of each pair is reported, and their median.
+    None when wrk or pgbench is missing."""
     if shutil.which("wrk") is None or not PGBENCH.exists():
         return {"skipped": "wrk or pgbench is not installed (make bench installs wrk)"}
     frm, to = window["from"].strftime("%Y-%m-%dT%H:%M:%SZ"), window["to"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = conninfo_to_dict(database_url)
     with tempfile.TemporaryDirectory() as tmp:
         lua, sql = Path(tmp) / "perf.lua", Path(tmp) / "perf.sql"
         lua.write_text(f"""math.randomseed(42)
@@ -205,23 +209,33 @@ end
 SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::varchar, '{frm}'::timestamptz,
     '{to}'::timestamptz, 0.85, 0.75, 0.1);
 """)
-        subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d3s", "-s", str(lua), api_url], check=True,
-                       capture_output=True)  # warm-up
-        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(lua), api_url],
-                             check=True, capture_output=True, text=True).stdout
-        http_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
-        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        info = conninfo_to_dict(database_url)
-        args = [str(PGBENCH), "-n", f"-c{concurrency}", "-j1", "-M", "prepared", f"-T{seconds}", "-f", str(sql),
-                "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
-                "-U", str(info.get("user", "postgres")), str(info["dbname"])]
-        pg = subprocess.run(args, check=True, capture_output=True, text=True,
-                            env={**os.environ, "PGPASSWORD": str(info.get("password", ""))}).stdout
-        sql_tps = float(re.search(r"tps = ([\d.]+)", pg)[1])
-    return {"endpoint_requests_per_s": round(http_rps, 1), "endpoint_non_2xx": int(non_2xx[1]) if non_2xx else 0,
-            "endpoint_p50": re.search(r"50%\s+(\S+)", out)[1], "endpoint_p99": re.search(r"99%\s+(\S+)", out)[1],
-            "sql_requests_per_s": round(sql_tps, 1), "ratio": round(http_rps / sql_tps, 2), "seconds": seconds,
-            "clients": concurrency}
+
+        def wrk(duration: int) -> str:
+            return subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua),
+                                   api_url], check=True, capture_output=True, text=True).stdout
+
+        def pgbench(duration: int) -> float:
+            args = [str(PGBENCH), "-n", f"-c{concurrency}", "-j1", "-M", "prepared", f"-T{duration}", "-f", str(sql),
+                    "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
+                    "-U", str(info.get("user", "postgres")), str(info["dbname"])]
+            out = subprocess.run(args, check=True, capture_output=True, text=True,
+                                 env={**os.environ, "PGPASSWORD": str(info.get("password", ""))}).stdout
+            return float(re.search(r"tps = ([\d.]+)", out)[1])
+
+        wrk(3)  # warm-up: connections, cached plans
+        pairs, non_2xx, last = [], 0, ""
+        for _ in range(rounds):
+            last = wrk(seconds)
+            http_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", last)[1])
+            bad = re.search(r"Non-2xx or 3xx responses: (\d+)", last)
+            non_2xx += int(bad[1]) if bad else 0
+            pairs.append((http_rps, pgbench(seconds)))
+    ratios = sorted(h / s for h, s in pairs)
+    return {"endpoint_requests_per_s": round(statistics.median(h for h, _ in pairs), 1), "endpoint_non_2xx": non_2xx,
+            "endpoint_p50": re.search(r"50%\s+(\S+)", last)[1], "endpoint_p99": re.search(r"99%\s+(\S+)", last)[1],
+            "sql_requests_per_s": round(statistics.median(s for _, s in pairs), 1),
+            "ratio": round(statistics.median(ratios), 2), "ratio_min": round(ratios[0], 2),
+            "ratio_max": round(ratios[-1], 2), "rounds": rounds, "seconds": seconds, "clients": concurrency}
 
 
 def _check_same_answers(url: str, windows: list[dict]) -> None:

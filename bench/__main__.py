@@ -86,6 +86,9 @@ def main() -> None:
             table.add_row(label, str(q["p50_ms"]), str(q["p99_ms"]), str(q["requests_per_s"]))
         table.add_row("endpoint requests/s / SQL function requests/s (Python clients: httpx, psycopg)",
                       f"{r['endpoint_rps_over_sql_rps']:.2f}", "", "")
+        table.add_row(f"  … the clients' own CPU per request on the same cores: httpx "
+                      f"{r['performance_endpoint']['client_cpu_us_per_request']} µs, psycopg "
+                      f"{r['performance_sql']['client_cpu_us_per_request']} µs", "", "", "")
         c = r["performance_c_clients"]
         if "ratio" in c:
             table.add_row(f"GET /v1/analytics/performance/{{id}}, wrk, {c['clients']} connections",
@@ -95,6 +98,8 @@ def main() -> None:
             table.add_row(f"endpoint requests/s / SQL function requests/s (C clients: wrk, pgbench; median of "
                           f"{c['rounds']} alternating {c['seconds']} s pairs, min-max {c['ratio_min']:.2f}-"
                           f"{c['ratio_max']:.2f})", f"{c['ratio']:.2f}", "", "")
+            table.add_row(f"  … the clients' own CPU per request: wrk {c['client_cpu_us_per_request']['wrk']} µs, "
+                          f"pgbench {c['client_cpu_us_per_request']['pgbench']} µs", "", "", "")
         else:
             table.add_row(f"C clients: {c['skipped']}", "", "", "")
         table.add_row("raw p50 / endpoint p50", f"{r['raw_p50_over_endpoint_p50']}x", "", "")

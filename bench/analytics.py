@@ -132,10 +132,20 @@ def _finish_load(url: str) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
-def _stats(latencies: list[float], elapsed: float) -> dict:
-    return {"requests": len(latencies), "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "requests_per_s": round(len(latencies) / elapsed, 1)}
+def _cpu_s() -> float:
+    """This process's CPU time, all threads: the load client's own cost, on the cores it shares with the
+    API and PostgreSQL."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _stats(latencies: list[float], elapsed: float, client_cpu_s: float | None = None) -> dict:
+    stats = {"requests": len(latencies), "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+             "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+             "requests_per_s": round(len(latencies) / elapsed, 1)}
+    if client_cpu_s is not None:
+        stats["client_cpu_us_per_request"] = round(client_cpu_s / len(latencies) * 1e6)
+    return stats
 
 
 async def _http_load(base_url: str, key: str, requests: list[tuple[str, dict]], concurrency: int) -> dict:
@@ -154,10 +164,10 @@ async def _http_load(base_url: str, key: str, requests: list[tuple[str, dict]], 
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
         for path, params in requests[:concurrency]:  # warm-up: connections, cached plans
             (await client.get(path, params=params)).raise_for_status()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return _stats(latencies, elapsed)
+        elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    return _stats(latencies, elapsed, cpu)
 
 
 def _sql_load(url: str, sql: str, params: list[dict], concurrency: int) -> dict:
@@ -174,10 +184,10 @@ def _sql_load(url: str, sql: str, params: list[dict], concurrency: int) -> dict:
                 conn.execute(sql, p).fetchall()
                 latencies.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda _: worker(), range(concurrency)))
-    return _stats(latencies, time.perf_counter() - started)
+    return _stats(latencies, time.perf_counter() - started, _cpu_s() - cpu)
 
 
 PGBENCH = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")) / "pgbench"
@@ -210,16 +220,29 @@ SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::v
     '{to}'::timestamptz, 0.85, 0.75, 0.1);
 """)
 
+        def children_cpu_s() -> float:
+            t = os.times()
+            return t.children_user + t.children_system
+
+        client = {"wrk": [0.0, 0], "pgbench": [0.0, 0]}  # CPU seconds, requests
+
         def wrk(duration: int) -> str:
-            return subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua),
-                                   api_url], check=True, capture_output=True, text=True).stdout
+            cpu = children_cpu_s()
+            out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua),
+                                  api_url], check=True, capture_output=True, text=True).stdout
+            client["wrk"][0] += children_cpu_s() - cpu
+            client["wrk"][1] += int(re.search(r"(\d+) requests in", out)[1])
+            return out
 
         def pgbench(duration: int) -> float:
             args = [str(PGBENCH), "-n", f"-c{concurrency}", "-j1", "-M", "prepared", f"-T{duration}", "-f", str(sql),
                     "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
                     "-U", str(info.get("user", "postgres")), str(info["dbname"])]
+            cpu = children_cpu_s()
             out = subprocess.run(args, check=True, capture_output=True, text=True,
                                  env={**os.environ, "PGPASSWORD": str(info.get("password", ""))}).stdout
+            client["pgbench"][0] += children_cpu_s() - cpu
+            client["pgbench"][1] += int(re.search(r"number of transactions actually processed: (\d+)", out)[1])
             return float(re.search(r"tps = ([\d.]+)", out)[1])
 
         wrk(3)  # warm-up: connections, cached plans
@@ -235,7 +258,8 @@ SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::v
             "endpoint_p50": re.search(r"50%\s+(\S+)", last)[1], "endpoint_p99": re.search(r"99%\s+(\S+)", last)[1],
             "sql_requests_per_s": round(statistics.median(s for _, s in pairs), 1),
             "ratio": round(statistics.median(ratios), 2), "ratio_min": round(ratios[0], 2),
-            "ratio_max": round(ratios[-1], 2), "rounds": rounds, "seconds": seconds, "clients": concurrency}
+            "ratio_max": round(ratios[-1], 2), "rounds": rounds, "seconds": seconds, "clients": concurrency,
+            "client_cpu_us_per_request": {name: round(cpu / max(n, 1) * 1e6) for name, (cpu, n) in client.items()}}
 
 
 def _check_same_answers(url: str, windows: list[dict]) -> None:

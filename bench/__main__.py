@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     parser.add_argument("--fleet-devices", type=int, default=10_000, help="analytics: meters, and as many vehicles")
     parser.add_argument("--fleet-hours", type=int, default=24, help="analytics: hours of history to load")
+    parser.add_argument("--fleet-ends", type=int, default=6,
+                        help="analytics: time the fleet over 24 whole hours ending at each of the last N hours "
+                             "(24: every hour of the day; loads N hours more)")
     parser.add_argument("--requests", type=int, default=2000, help="analytics: performance requests")
     parser.add_argument("--load", choices=["http", "sql"], default="http",
                         help="analytics: load through the API with the load generator (http), or minute batches "
@@ -66,9 +69,10 @@ def main() -> None:
     if "analytics" in sections:
         from bench import analytics
 
-        console.print(f"[bold]analytics[/]: loading {args.fleet_hours + analytics.ALIGNMENTS} h of "
+        console.print(f"[bold]analytics[/]: loading {args.fleet_hours + args.fleet_ends} h of "
                       f"{2 * args.fleet_devices:,} devices ({args.load}) ...")
-        r = analytics.run(args.fleet_devices, args.fleet_hours, args.requests, args.concurrency, args.load)
+        r = analytics.run(args.fleet_devices, args.fleet_hours, args.requests, args.concurrency, args.load,
+                          args.fleet_ends)
         results["analytics"] = r
         load = (f"backfilled over HTTP at {r['backfill']['rows_per_s']:,} rows/s" if "backfill" in r
                 else "loaded through the SQL write path")

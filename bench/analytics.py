@@ -307,19 +307,21 @@ def _alert_pass(url: str, repeats: int) -> dict:
     return result
 
 
-# Whole-hour fleet windows are timed ending at each of the last ALIGNMENTS whole hours: the rows a
-# window reads depend on where its ends fall among the six-hour blocks and days of the aggregate
-# levels, so one window (ending at whatever hour the run happens to start) is no fair sample of
-# "any 24 h window". The load covers ALIGNMENTS hours more than `hours` for them.
+# Whole-hour fleet windows are timed ending at each of the last `ends` whole hours (ALIGNMENTS by
+# default, 24 for every hour of the day): the rows a window reads depend on where its ends fall among
+# the six-hour blocks and days of the aggregate levels, so one window (ending at whatever hour the run
+# happens to start) is no fair sample of "any 24 h window". The load covers `ends` hours more than
+# `hours` for them.
 ALIGNMENTS = 6
 
 
-def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "http") -> dict:
+def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "http",
+        ends: int = ALIGNMENTS) -> dict:
     url = fresh_database("telemetry_bench_analytics")
     key = create_key(url)
     end = datetime.now(UTC)
     started = time.perf_counter()
-    loaded_hours = hours + ALIGNMENTS
+    loaded_hours = hours + ends
     result: dict = {"devices": devices * 2, "hours": loaded_hours, "load": load}
     # No periodic alert evaluation in the server: the alert pass below measures the first one.
     with ApiProcess(url, DB_POOL_MAX=str(max(concurrency, 4)), ALERT_INTERVAL_S="0") as api:
@@ -372,9 +374,9 @@ def run(devices: int, hours: int, requests: int, concurrency: int, load: str = "
         result["whole_hours_raw_p50_over_sql_p50"] = round(
             result["raw_computation_whole_hours"]["p50_ms"] / result["performance_sql_whole_hours"]["p50_ms"], 1)
 
-        # 24 whole hours ending at each of the last ALIGNMENTS whole hours, 5 requests each, interleaved.
+        # 24 whole hours ending at each of the last `ends` whole hours, 5 requests each, interleaved.
         alignments = [{"from": whole_hours_end - timedelta(hours=24 + k), "to": whole_hours_end - timedelta(hours=k)}
-                      for k in range(ALIGNMENTS)]
+                      for k in range(ends)]
         result["fleet_whole_hours_windows"] = [{k: t.isoformat() for k, t in a.items()} for a in alignments]
         result["fleet_endpoint_24_whole_hours"] = asyncio.run(_http_load(
             api.url, key, [("/v1/analytics/fleet", w) for _ in range(5) for w in result["fleet_whole_hours_windows"]],

@@ -132,11 +132,11 @@ def _finish_load(url: str) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
-def _cpu_s() -> float:
-    """This process's CPU time, all threads: the load client's own cost, on the cores it shares with the
-    API and PostgreSQL."""
+def _cpu_s(children: bool = False) -> float:
+    """This process's CPU time, all threads (or, with children, that of its finished child processes, the
+    C load clients): the load client's own cost, on the cores it shares with the API and PostgreSQL."""
     t = os.times()
-    return t.user + t.system
+    return t.children_user + t.children_system if children else t.user + t.system
 
 
 def _stats(latencies: list[float], elapsed: float, client_cpu_s: float | None = None) -> dict:
@@ -220,17 +220,13 @@ SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::v
     '{to}'::timestamptz, 0.85, 0.75, 0.1);
 """)
 
-        def children_cpu_s() -> float:
-            t = os.times()
-            return t.children_user + t.children_system
-
         client = {"wrk": [0.0, 0], "pgbench": [0.0, 0]}  # CPU seconds, requests
 
         def wrk(duration: int) -> str:
-            cpu = children_cpu_s()
+            cpu = _cpu_s(children=True)
             out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(lua),
                                   api_url], check=True, capture_output=True, text=True).stdout
-            client["wrk"][0] += children_cpu_s() - cpu
+            client["wrk"][0] += _cpu_s(children=True) - cpu
             client["wrk"][1] += int(re.search(r"(\d+) requests in", out)[1])
             return out
 
@@ -238,10 +234,10 @@ SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::v
             args = [str(PGBENCH), "-n", f"-c{concurrency}", "-j1", "-M", "prepared", f"-T{duration}", "-f", str(sql),
                     "-h", str(info.get("host", "127.0.0.1")), "-p", str(info.get("port", 5432)),
                     "-U", str(info.get("user", "postgres")), str(info["dbname"])]
-            cpu = children_cpu_s()
+            cpu = _cpu_s(children=True)
             out = subprocess.run(args, check=True, capture_output=True, text=True,
                                  env={**os.environ, "PGPASSWORD": str(info.get("password", ""))}).stdout
-            client["pgbench"][0] += children_cpu_s() - cpu
+            client["pgbench"][0] += _cpu_s(children=True) - cpu
             client["pgbench"][1] += int(re.search(r"number of transactions actually processed: (\d+)", out)[1])
             return float(re.search(r"tps = ([\d.]+)", out)[1])
 

@@ -202,6 +202,65 @@ def test_ten_minute_aggregates_equal_the_raw_readings(conn, loaded: Store) -> No
             assert got[slot][1] == n and close(got[slot][0], kwh), slot
 
 
+def test_running_sums_equal_the_hourly_sums_of_each_day(conn, loaded: Store, edition: str) -> None:
+    """Community: after late readings, each device's row at an hour holds exactly the readings of its day
+    up to that hour, one row for every hour from its first one to the end of what is built; Apache
+    reads its other levels and builds none."""
+    built = dict(conn.execute("SELECT stream, built_to FROM telemetry.energy_running_range").fetchall())
+    if edition == "apache":
+        assert built == {}
+        assert conn.execute("SELECT count(*) FROM telemetry.meter_energy_running").fetchone()[0] == 0
+        return
+    assert conn.execute("SELECT count(*) FROM telemetry.energy_running_dirty").fetchone()[0] == 0
+    for stream, rows, device in (("meter", loaded.meters, lambda r: r.meter_id),
+                                 ("vehicle", loaded.vehicles, lambda r: r.vehicle_id)):
+        assert built[stream] >= T0 + SPAN  # the whole history is materialized hourly
+        hours: dict[tuple[str, datetime], list[float]] = {}
+        for r in rows:
+            acc = hours.setdefault((device(r), r.time.replace(minute=0, second=0, microsecond=0)), [0.0, 0])
+            acc[0] += r.kwh
+            acc[1] += 1
+        want: dict[tuple[str, datetime], tuple[float, int]] = {}
+        for dev in {d for d, _ in hours}:
+            for day in sorted({h.replace(hour=0) for d, h in hours if d == dev}):
+                first = min(h for d, h in hours if d == dev and h.replace(hour=0) == day)
+                kwh, n, hour = 0.0, 0, first
+                while hour < min(day + timedelta(days=1), built[stream]):
+                    kwh += hours.get((dev, hour), [0.0, 0])[0]
+                    n += hours.get((dev, hour), [0.0, 0])[1]
+                    want[(dev, hour)] = (kwh, n)
+                    hour += HOUR
+        energy = "kwh_consumed_ac" if stream == "meter" else "kwh_delivered_dc"
+        got = {(d, b): (kwh, n) for d, b, kwh, n in conn.execute(
+            f"SELECT {stream}_id, bucket, {energy}, readings FROM telemetry.{stream}_energy_running")}
+        assert got.keys() == want.keys()
+        for key, (kwh, n) in want.items():
+            assert got[key][1] == n and close(got[key][0], kwh), key
+
+
+def test_a_late_reading_reaches_the_running_sums_of_its_day_only(client, keys, conn, loaded: Store,
+                                                                 edition: str) -> None:
+    if edition == "apache":
+        pytest.skip("the Apache edition builds no running sums (its aggregate tables are exact at ingest)")
+    hour = (T0 + timedelta(days=1, hours=5)).replace(minute=0)
+    before = dict(conn.execute(
+        "SELECT bucket, readings FROM telemetry.meter_energy_running WHERE meter_id = 'M-0'").fetchall())
+    late = MeterRow("M-0", hour + timedelta(minutes=59, seconds=59, microseconds=123), 0.5, 230.0)
+    send(client, keys.ingest, [late], [])
+    assert conn.execute("SELECT count(*) FROM telemetry.energy_running_dirty WHERE hour = %s",
+                        (hour,)).fetchone()[0] == 1
+    run_refresh_policies(conn)
+    after = dict(conn.execute(
+        "SELECT bucket, readings FROM telemetry.meter_energy_running WHERE meter_id = 'M-0'").fetchall())
+    day_end = hour.replace(hour=0) + timedelta(days=1)
+    assert {b: n - before.get(b, 0) for b, n in after.items() if n != before.get(b, 0)} == {
+        b: 1 for b in after if hour <= b < day_end}
+    assert conn.execute("SELECT count(*) FROM telemetry.energy_running_dirty").fetchone()[0] == 0
+    store = Store(loaded.meters + [late], loaded.vehicles, loaded.links)
+    for start, end in [(hour - timedelta(hours=20), hour + timedelta(hours=4)), (hour, hour + HOUR)]:
+        check_fleet(client, keys.read, store, start, end)
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), per_device=st.integers(1, 200),

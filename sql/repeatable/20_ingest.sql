@@ -44,6 +44,11 @@ BEGIN
                   FROM ins GROUP BY 1, 2) g
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
+    ), dirty AS (
+        -- Community: hours before the current one whose running sums the refresh job rebuilds.
+        INSERT INTO telemetry.energy_running_dirty (stream, hour)
+        SELECT DISTINCT 'meter', time_bucket(INTERVAL '1 hour', time) FROM ins
+        WHERE time < time_bucket(INTERVAL '1 hour', now()) AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
     INTO inserted, staged
@@ -80,6 +85,11 @@ BEGIN
                   FROM ins GROUP BY 1, 2) g
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
+    ), dirty AS (
+        -- Community: hours before the current one whose running sums the refresh job rebuilds.
+        INSERT INTO telemetry.energy_running_dirty (stream, hour)
+        SELECT DISTINCT 'vehicle', time_bucket(INTERVAL '1 hour', time) FROM ins
+        WHERE time < time_bucket(INTERVAL '1 hour', now()) AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)
     INTO inserted, staged

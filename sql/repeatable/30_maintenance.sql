@@ -16,7 +16,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
                  ('telemetry.energygrid_readings', 'raw'),
                  ('telemetry.meter_energy_10m', 'raw'), ('telemetry.vehicle_energy_10m', 'raw'),
                  ('telemetry.meter_energy_hourly', 'hourly'), ('telemetry.vehicle_energy_hourly', 'hourly'),
-                 ('telemetry.meter_energy_6h', 'hourly'), ('telemetry.vehicle_energy_6h', 'hourly')) AS t(rel, kind)
+                 ('telemetry.meter_energy_6h', 'hourly'), ('telemetry.vehicle_energy_6h', 'hourly'),
+                 ('telemetry.meter_energy_running', 'hourly'), ('telemetry.vehicle_energy_running', 'hourly'))
+             AS t(rel, kind)
 $$;
 
 -- Drops the chunks past their retention. SECURITY DEFINER: the API's role may not drop anything

@@ -57,8 +57,11 @@ DROP VIEW IF EXISTS telemetry.energy_readings, telemetry.energy_materialized, te
 -- blocks, 5 days), a head stretch W(head_from[l], head_to[l]) and a tail stretch W(tail_from[l],
 -- tail_to[l]), each empty when its ends are equal.
 DROP TYPE IF EXISTS telemetry.window_cut CASCADE;
+-- Past the hourly level, the whole hours may instead be read as running sums (plus the rows at
+-- run_plus, minus those at run_minus).
 CREATE TYPE telemetry.window_cut AS (
-    head_from timestamptz[], head_to timestamptz[], tail_from timestamptz[], tail_to timestamptz[]);
+    head_from timestamptz[], head_to timestamptz[], tail_from timestamptz[], tail_to timestamptz[],
+    run_plus timestamptz[], run_minus timestamptz[]);
 
 -- The cuts of [p_from, p_to). Going up from level to level, the current ends x <= y move to the
 -- nearest boundaries X <= Y of the next level; W(x, X) and W(Y, y) stay at the current level, and
@@ -78,7 +81,8 @@ DECLARE
         ELSE ARRAY['telemetry.vehicle_energy_10m', 'telemetry.vehicle_energy_hourly',
                    'telemetry.vehicle_energy_6h', 'telemetry.vehicle_energy_daily']::regclass[] END;
     none timestamptz[] := array_fill(p_from, ARRAY[5]);
-    cut telemetry.window_cut := (none, none, none, none);
+    cut telemetry.window_cut := (none, none, none, none, '{}', '{}');
+    running telemetry.energy_running_range;
     level integer := 1;  -- the level of x and y
     level_mark timestamptz := 'infinity';
     x timestamptz := p_from;
@@ -89,6 +93,24 @@ DECLARE
     ny timestamptz;
 BEGIN
     FOR k IN 1 .. CASE WHEN p_coarse THEN 4 ELSE 2 END LOOP
+        IF k = 3 AND level = 3 THEN
+            -- The whole hours [x, y) from the running sums, where they are built: each day's last
+            -- row from the day of x to the day before y's, the row before y, less the row before x.
+            SELECT * INTO running FROM telemetry.energy_running_range WHERE stream = p_stream;
+            IF running.built_from <= time_bucket(INTERVAL '1 day', x) AND y <= running.built_to THEN
+                cut.run_plus := ARRAY(
+                    SELECT d + INTERVAL '23 hours'
+                    FROM generate_series(time_bucket(INTERVAL '1 day', x),
+                                         time_bucket(INTERVAL '1 day', y) - INTERVAL '1 day', INTERVAL '1 day') d);
+                IF y > time_bucket(INTERVAL '1 day', y) THEN
+                    cut.run_plus := cut.run_plus || (y - INTERVAL '1 hour');
+                END IF;
+                IF x > time_bucket(INTERVAL '1 day', x) THEN
+                    cut.run_minus := ARRAY[x - INTERVAL '1 hour'];
+                END IF;
+                RETURN cut;
+            END IF;
+        END IF;
         nx := time_bucket(widths[k], x + widths[k] / 2);
         ny := time_bucket(widths[k], y + widths[k] / 2);
         EXIT WHEN nx >= ny;
@@ -181,6 +203,27 @@ BEGIN
              (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
                  AS s(stream, kwh, level)
     ) stretches;
+    -- The running sums: one branch per stream and sign, read at the hours of the cut.
+    SELECT pieces || string_agg(format($b$
+    UNION ALL
+    SELECT x.%1$I::text, time_bucket(INTERVAL '1 day', x.bucket), %2$s, x.%3$I, x.%4$I, x.readings::integer
+    FROM telemetry.%5$I x
+    WHERE %6$s$b$, id, sign, kwh, level_sum, relation, filter), '' ORDER BY stream, sign DESC),
+           totals || string_agg(format($b$
+        UNION ALL
+        SELECT x.%1$I::text, %2$sx.%3$I, %2$sx.%4$I, %2$sx.readings::integer
+        FROM telemetry.%5$I x
+        WHERE %6$s$b$, id, CASE WHEN sign > 0 THEN '' ELSE '-' END, kwh, level_sum, relation, filter),
+                           '' ORDER BY stream, sign DESC)
+    INTO pieces, totals
+    FROM (
+        SELECT s.stream, s.stream || '_id' AS id, s.kwh, s.level || '_sum' AS level_sum, t.sign,
+               s.stream || '_energy_running' AS relation,
+               format('p_stream = %1$L AND cardinality(%2$s) > 0 AND x.bucket = ANY (%2$s)', s.stream, t.points) AS filter
+        FROM (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
+                 AS s(stream, kwh, level),
+             (VALUES (1, '(cut).run_plus'), (-1, '(cut).run_minus')) AS t(sign, points)
+    ) running;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION telemetry.energy_pieces(p_stream text, cut telemetry.window_cut)
 RETURNS TABLE (device_id text, piece_start timestamptz, sign integer, kwh double precision,

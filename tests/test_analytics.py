@@ -184,19 +184,29 @@ def test_windows_with_edges_at_every_level_boundary_equal_the_raw_computation(cl
             check_performance(client, keys.read, loaded, vehicle, start, end)
 
 
+def raw_sums(rows, device, slot_of) -> dict[tuple[str, datetime], list[float]]:
+    """Energy and number of readings per device and slot (`slot_of` maps a reading's time to its slot)."""
+    sums: dict[tuple[str, datetime], list[float]] = {}
+    for r in rows:
+        acc = sums.setdefault((device(r), slot_of(r.time)), [0.0, 0])
+        acc[0] += r.kwh
+        acc[1] += 1
+    return sums
+
+
+def stored_sums(conn: psycopg.Connection, stream: str, level: str) -> dict[tuple[str, datetime], tuple[float, int]]:
+    """Energy and readings per device and bucket in the stream's table of that level (10m, running)."""
+    energy = "kwh_consumed_ac" if stream == "meter" else "kwh_delivered_dc"
+    return {(d, b): (kwh, n) for d, b, kwh, n in conn.execute(
+        f"SELECT {stream}_id, bucket, {energy}, readings FROM telemetry.{stream}_energy_{level}")}
+
+
 def test_ten_minute_aggregates_equal_the_raw_readings(conn, loaded: Store) -> None:
     """The layer that carries the edges of every window holds each device's ten minutes exactly."""
     for stream, rows, device in (("meter", loaded.meters, lambda r: r.meter_id),
                                  ("vehicle", loaded.vehicles, lambda r: r.vehicle_id)):
-        want: dict[tuple[str, datetime], list[float]] = {}
-        for r in rows:
-            slot = r.time.replace(minute=r.time.minute // 10 * 10, second=0, microsecond=0)
-            acc = want.setdefault((device(r), slot), [0.0, 0])
-            acc[0] += r.kwh
-            acc[1] += 1
-        energy = "kwh_consumed_ac" if stream == "meter" else "kwh_delivered_dc"
-        got = {(d, b): (kwh, n) for d, b, kwh, n in conn.execute(
-            f"SELECT {stream}_id, bucket, {energy}, readings FROM telemetry.{stream}_energy_10m")}
+        want = raw_sums(rows, device, lambda t: t.replace(minute=t.minute // 10 * 10, second=0, microsecond=0))
+        got = stored_sums(conn, stream, "10m")
         assert got.keys() == want.keys()
         for slot, (kwh, n) in want.items():
             assert got[slot][1] == n and close(got[slot][0], kwh), slot
@@ -215,11 +225,7 @@ def test_running_sums_equal_the_hourly_sums_of_each_day(conn, loaded: Store, edi
     for stream, rows, device in (("meter", loaded.meters, lambda r: r.meter_id),
                                  ("vehicle", loaded.vehicles, lambda r: r.vehicle_id)):
         assert built[stream] >= T0 + SPAN  # the whole history is materialized hourly
-        hours: dict[tuple[str, datetime], list[float]] = {}
-        for r in rows:
-            acc = hours.setdefault((device(r), r.time.replace(minute=0, second=0, microsecond=0)), [0.0, 0])
-            acc[0] += r.kwh
-            acc[1] += 1
+        hours = raw_sums(rows, device, lambda t: t.replace(minute=0, second=0, microsecond=0))
         want: dict[tuple[str, datetime], tuple[float, int]] = {}
         for dev in {d for d, _ in hours}:
             for day in sorted({h.replace(hour=0) for d, h in hours if d == dev}):
@@ -230,9 +236,7 @@ def test_running_sums_equal_the_hourly_sums_of_each_day(conn, loaded: Store, edi
                     n += hours.get((dev, hour), [0.0, 0])[1]
                     want[(dev, hour)] = (kwh, n)
                     hour += HOUR
-        energy = "kwh_consumed_ac" if stream == "meter" else "kwh_delivered_dc"
-        got = {(d, b): (kwh, n) for d, b, kwh, n in conn.execute(
-            f"SELECT {stream}_id, bucket, {energy}, readings FROM telemetry.{stream}_energy_running")}
+        got = stored_sums(conn, stream, "running")
         assert got.keys() == want.keys()
         for key, (kwh, n) in want.items():
             assert got[key][1] == n and close(got[key][0], kwh), key

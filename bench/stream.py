@@ -6,6 +6,7 @@ database connections go through a TCP proxy the benchmark cuts: the dev cluster 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -19,10 +20,12 @@ from pathlib import Path
 import httpx
 import msgspec
 import nats
+import nats.js.errors
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
+from api.stream.log import CONSUMER
 from api.stream.process import NatsServer, WriterProcess
 from bench.env import ApiProcess, create_key, free_port, fresh_database
 
@@ -281,10 +284,22 @@ def _outage_figures(samples: list[dict], cut_at: float, restored_at: float, spee
     return figures
 
 
-def _writer_capacity(nats_server: NatsServer, messages: int, writers: int) -> dict:
+def _writer_capacity(nats_server: NatsServer, messages: int, writers: int, fresh_consumer: bool = True) -> dict:
     """How fast writers drain MQTT-shaped messages (one reading each, on device subjects) from a log filled
     beforehand, with no device sending meanwhile: the platform's side of the MQTT path, apart from the
-    MQTT clients that share these cores in the runs above."""
+    MQTT clients that share these cores in the runs above. With `fresh_consumer`, the writers' consumer
+    is deleted first (the writers create it again), so that no earlier drain weighs on this one; without,
+    the consumer goes on from the previous drain, as a long-running deployment's does."""
+    if fresh_consumer:
+        async def delete_consumer() -> None:
+            nc = await nats.connect(nats_server.url)
+            try:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await nc.jetstream().delete_consumer("TELEMETRY", CONSUMER)
+            finally:
+                await nc.close()
+
+        asyncio.run(delete_consumer())
     url = fresh_database(DATABASE)
     base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
     devices = 2000
@@ -315,8 +330,8 @@ def _writer_capacity(nats_server: NatsServer, messages: int, writers: int) -> di
         for proc in procs:
             proc.stop()
     stored = _stored_rows(url)
-    return {"messages": messages, "writers": writers, "stored": stored, "seconds_with_start": round(elapsed, 1),
-            "messages_per_s": round(stored / elapsed)}
+    return {"messages": messages, "writers": writers, "fresh_consumer": fresh_consumer, "stored": stored,
+            "seconds_with_start": round(elapsed, 1), "messages_per_s": round(stored / elapsed)}
 
 
 def run(devices: int, speedup: float, duration: str, batch_size: int, concurrency: int, mqtt_connections: int,
@@ -338,7 +353,10 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
                 p["ratio_to_sync"] = (round(p["stored_rows_per_s"] / sync["stored_rows_per_s"], 3)
                                       if sync and sync["stored_rows_per_s"] else None)
             print("stream: writer capacity for one-reading messages (a log filled beforehand) ...", flush=True)
-            result["writer_capacity"] = [_writer_capacity(nats_server, 100_000, n) for n in (1, 2)]
+            # One writer and two, each on a fresh consumer; then one writer again on the consumer the two
+            # writers left (it has acknowledged 100,000 messages).
+            result["writer_capacity"] = [_writer_capacity(nats_server, 100_000, n, fresh)
+                                         for n, fresh in ((1, True), (2, True), (1, False))]
             if outage_s > 0:
                 print(f"stream: {outage_s:g} s database outage under async HTTP ...", flush=True)
                 result["outage"] = _outage(nats_server, 2, devices, speedup, outage_duration, batch_size, concurrency,
@@ -370,10 +388,11 @@ def print_tables(console, r: dict) -> None:
         table = Table(title="Writers draining one-reading (MQTT-shaped) messages from a log filled beforehand, "
                             "no device sending: the platform's side of the MQTT path (the time includes the "
                             "writers' start)")
-        for column in ("writers", "messages", "stored", "seconds", "messages/s"):
+        for column in ("writers", "consumer", "messages", "stored", "seconds", "messages/s"):
             table.add_column(column, justify="right")
         for c in r["writer_capacity"]:
-            table.add_row(str(c["writers"]), f"{c['messages']:,}", f"{c['stored']:,}", str(c["seconds_with_start"]),
+            table.add_row(str(c["writers"]), "fresh" if c.get("fresh_consumer", True) else "after the drain above",
+                          f"{c['messages']:,}", f"{c['stored']:,}", str(c["seconds_with_start"]),
                           f"{c['messages_per_s']:,}")
         console.print(table)
     o = r.get("outage")

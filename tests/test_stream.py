@@ -126,6 +126,19 @@ def mqtt_publish(nats_server: NatsServer, user: str, password: str, topic: str, 
                           capture_output=True, text=True, timeout=30)
 
 
+def post_backlog(api, key: str, requests: int, per_request: int) -> int:
+    """Async meter readings from 100 meters, `per_request` a request, all accepted; returns how many."""
+    for request in range(requests):
+        body = meters(per_request, start=request * per_request, devices=100)
+        assert post(api, key, "meters", body, ASYNC).status_code == 202
+    return requests * per_request
+
+
+def distinct_meter_readings(database: Database) -> int:
+    with database.connect() as conn:
+        return conn.execute("SELECT count(DISTINCT (meter_id, time)) FROM telemetry.meter_readings").fetchone()[0]
+
+
 @pytest.fixture
 def stream_api(live_server_factory, nats_server: NatsServer, database: Database):
     """The API with the log, and the log's streams created as `python -m api migrate` creates them."""
@@ -234,26 +247,28 @@ def test_invalid_mqtt_messages_go_to_the_dead_letter_stream_with_their_reason(da
     wait_until(lambda: log_state(settings)["messages"] == 0, what="the invalid messages to be acknowledged")
 
 
-def test_a_writer_killed_mid_batch_loses_and_doubles_nothing(database, nats_server, stream_api, writer_factory,
-                                                             keys) -> None:
-    total = 0
-    for request in range(40):
-        assert post(stream_api, keys.ingest, "meters", meters(500, start=request * 500, devices=100), ASYNC).status_code == 202
-        total += 500
-    # Small batches (one message of 500 readings each), so the kill lands between commits and acks.
-    first = writer_factory(WRITER_BATCH="1", WRITER_FLUSH_MS="1")
+@pytest.mark.parametrize("end, ack_wait_s", [("kill", "3"), ("stop", "120")])
+def test_a_writer_ended_mid_backlog_loses_and_doubles_nothing(database, nats_server, stream_api, writer_factory,
+                                                              keys, end, ack_wait_s) -> None:
+    """SIGKILLed between commits and acks, a writer leaves messages delivered and unacknowledged: the
+    next writer gets them after the ack wait (3 s) and counts what was committed as duplicates. Stopped
+    (SIGTERM), a writer finishes the batch in hand and keeps nothing back: the next writer stores all
+    the rest at once, long before the ack wait (120 s) would redeliver anything."""
+    total = post_backlog(stream_api, keys.ingest, 40, 500)
+    # Small batches (one message of 500 readings each), so that the end lands between commits and acks.
+    first = writer_factory(WRITER_BATCH="1", WRITER_FLUSH_MS="1", WRITER_ACK_WAIT_S=ack_wait_s)
     wait_until(lambda: stored(database)[0] >= 3000, what="the first batches")
-    first.kill()
+    getattr(first, end)()
     part = stored(database)[0]
     assert 0 < part < total
-    writer_factory(WRITER_BATCH="7")
-    wait_until(lambda: stored(database)[0] == total, timeout=120, what="every reading")
-    time.sleep(4)  # past the ack wait: a redelivery would show now
+    writer_factory(WRITER_BATCH="7", WRITER_ACK_WAIT_S=ack_wait_s)
+    wait_until(lambda: stored(database)[0] == total, timeout=120 if end == "kill" else 60, what="every reading")
+    if end == "kill":
+        time.sleep(4)  # past the ack wait: a redelivery would show now
     rows, _, kwh = stored(database)
     assert rows == total
     assert kwh == pytest.approx(sum(r["kwhConsumedAc"] for r in meters(total, devices=100)), rel=1e-12)
-    with database.connect() as conn:
-        assert conn.execute("SELECT count(DISTINCT (meter_id, time)) FROM telemetry.meter_readings").fetchone()[0] == total
+    assert distinct_meter_readings(database) == total
 
 
 def test_a_full_log_answers_503_and_loses_nothing_it_accepted(database, nats_server, live_server_factory,

@@ -284,22 +284,28 @@ def _outage_figures(samples: list[dict], cut_at: float, restored_at: float, spee
     return figures
 
 
+async def _empty_log(nats_server: NatsServer, delete_consumer: bool) -> None:
+    """Purges the log (and deletes the writers' consumer): a stopped writer leaves the messages it had
+    received and not yet written to be redelivered after the ack wait, which must not reach the next
+    measurement's database."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.purge_stream("TELEMETRY")
+        if delete_consumer:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer("TELEMETRY", CONSUMER)
+    finally:
+        await nc.close()
+
+
 def _writer_capacity(nats_server: NatsServer, messages: int, writers: int, fresh_consumer: bool = True) -> dict:
     """How fast writers drain MQTT-shaped messages (one reading each, on device subjects) from a log filled
     beforehand, with no device sending meanwhile: the platform's side of the MQTT path, apart from the
     MQTT clients that share these cores in the runs above. With `fresh_consumer`, the writers' consumer
     is deleted first (the writers create it again), so that no earlier drain weighs on this one; without,
     the consumer goes on from the previous drain, as a long-running deployment's does."""
-    if fresh_consumer:
-        async def delete_consumer() -> None:
-            nc = await nats.connect(nats_server.url)
-            try:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await nc.jetstream().delete_consumer("TELEMETRY", CONSUMER)
-            finally:
-                await nc.close()
-
-        asyncio.run(delete_consumer())
+    asyncio.run(_empty_log(nats_server, delete_consumer=fresh_consumer))
     url = fresh_database(DATABASE)
     base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=5)
     devices = 2000
@@ -357,6 +363,7 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
             # writers left (it has acknowledged 100,000 messages).
             result["writer_capacity"] = [_writer_capacity(nats_server, 100_000, n, fresh)
                                          for n, fresh in ((1, True), (2, True), (1, False))]
+            asyncio.run(_empty_log(nats_server, delete_consumer=True))
             if outage_s > 0:
                 print(f"stream: {outage_s:g} s database outage under async HTTP ...", flush=True)
                 result["outage"] = _outage(nats_server, 2, devices, speedup, outage_duration, batch_size, concurrency,

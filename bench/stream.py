@@ -336,8 +336,28 @@ def _writer_capacity(nats_server: NatsServer, messages: int, writers: int, fresh
         for proc in procs:
             proc.stop()
     stored = _stored_rows(url)
+    # The writers have sent an ack for every message they committed; NATS may still be working through
+    # them (each takes the message out of the work-queue stream). Until it has, those messages count
+    # as unacknowledged against the consumer's max_ack_pending.
+    backlog, acks_s = asyncio.run(_ack_backlog(nats_server))
     return {"messages": messages, "writers": writers, "fresh_consumer": fresh_consumer, "stored": stored,
-            "seconds_with_start": round(elapsed, 1), "messages_per_s": round(stored / elapsed)}
+            "seconds_with_start": round(elapsed, 1), "messages_per_s": round(stored / elapsed),
+            "acks_pending_when_stored": backlog, "acks_processed_after_s": acks_s,
+            "acks_per_s_after": round(backlog / acks_s) if backlog and acks_s else None}
+
+
+async def _ack_backlog(nats_server: NatsServer, limit_s: float = 300.0) -> tuple[int, float]:
+    """The consumer's unacknowledged messages now, and how long NATS takes to bring them to zero."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        started = time.perf_counter()
+        first = (await js.consumer_info("TELEMETRY", CONSUMER)).num_ack_pending or 0
+        while (await js.consumer_info("TELEMETRY", CONSUMER)).num_ack_pending and time.perf_counter() - started < limit_s:
+            await asyncio.sleep(0.1)
+        return first, round(time.perf_counter() - started, 1)
+    finally:
+        await nc.close()
 
 
 def run(devices: int, speedup: float, duration: str, batch_size: int, concurrency: int, mqtt_connections: int,
@@ -395,12 +415,14 @@ def print_tables(console, r: dict) -> None:
         table = Table(title="Writers draining one-reading (MQTT-shaped) messages from a log filled beforehand, "
                             "no device sending: the platform's side of the MQTT path (the time includes the "
                             "writers' start)")
-        for column in ("writers", "consumer", "messages", "stored", "seconds", "messages/s"):
+        for column in ("writers", "consumer", "messages", "stored", "seconds", "messages/s",
+                       "acks NATS had not processed when all was stored", "then processed in s", "acks/s"):
             table.add_column(column, justify="right")
         for c in r["writer_capacity"]:
             table.add_row(str(c["writers"]), "fresh" if c.get("fresh_consumer", True) else "after the drain above",
                           f"{c['messages']:,}", f"{c['stored']:,}", str(c["seconds_with_start"]),
-                          f"{c['messages_per_s']:,}")
+                          f"{c['messages_per_s']:,}", f"{c.get('acks_pending_when_stored', 0):,}",
+                          str(c.get("acks_processed_after_s", "")), f"{c.get('acks_per_s_after') or '':,}")
         console.print(table)
     o = r.get("outage")
     if o:

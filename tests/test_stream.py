@@ -253,9 +253,7 @@ def test_a_writer_ended_mid_backlog_loses_and_doubles_nothing(database, nats_ser
     """SIGKILLed between commits and acks, a writer leaves messages delivered and unacknowledged: the
     next writer gets them after the ack wait (3 s) and counts what was committed as duplicates. Stopped
     (SIGTERM), a writer finishes the batch in hand, committed and acknowledged: the next writer stores
-    all the rest at once, long before the ack wait (120 s) would redeliver anything. (With one message
-    a batch its client holds nothing beyond the batch; what a client holds beyond it with larger
-    batches is redelivered after the ack wait, as the README says.)"""
+    all the rest at once, long before the ack wait (120 s) would redeliver anything."""
     total = post_backlog(stream_api, keys.ingest, 40, 500)
     # Small batches (one message of 500 readings each), so that the end lands between commits and acks.
     first = writer_factory(WRITER_BATCH="1", WRITER_FLUSH_MS="1", WRITER_ACK_WAIT_S=ack_wait_s)

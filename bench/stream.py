@@ -29,6 +29,7 @@ from api.stream.log import CONSUMER
 from api.stream.process import NatsServer, WriterProcess
 from bench.env import ApiProcess, create_key, free_port, fresh_database
 
+STREAM = "TELEMETRY"  # the log's stream under the default settings (STREAM_NAME)
 DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not drop each other's
 # (label, transport, writers)
 PATHS = [("sync HTTP", "http", 0), ("async HTTP, 1 writer", "http-async", 1), ("async HTTP, 2 writers", "http-async", 2),
@@ -230,7 +231,7 @@ def _outage(nats_server: NatsServer, writers: int, devices: int, speedup: float,
         with ApiProcess(url, NATS_URL=nats_server.url, DB_POOL_MAX=str(max(concurrency, 4)),
                         ALERT_INTERVAL_S="0") as api:
             watcher = threading.Thread(target=lambda: asyncio.run(
-                _watch(nats_server.url, "TELEMETRY", api, procs, stop, samples)), daemon=True)
+                _watch(nats_server.url, STREAM, api, procs, stop, samples)), daemon=True)
             watcher.start()
             result: dict = {}
             runner = threading.Thread(target=lambda: result.update(_loadgen(
@@ -285,16 +286,16 @@ def _outage_figures(samples: list[dict], cut_at: float, restored_at: float, spee
 
 
 async def _empty_log(nats_server: NatsServer, delete_consumer: bool) -> None:
-    """Purges the log (and deletes the writers' consumer): a stopped writer leaves the messages it had
-    received and not yet written to be redelivered after the ack wait, which must not reach the next
-    measurement's database."""
+    """Purges the log (and deletes the writers' consumer), so that nothing of an earlier measurement
+    reaches the next one's database: a consumer deleted while NATS has not yet processed every ack
+    leaves those messages deliverable again."""
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await js.purge_stream("TELEMETRY")
+        await js.purge_stream(STREAM)
         if delete_consumer:
             with contextlib.suppress(nats.js.errors.NotFoundError):
-                await js.delete_consumer("TELEMETRY", CONSUMER)
+                await js.delete_consumer(STREAM, CONSUMER)
     finally:
         await nc.close()
 
@@ -352,9 +353,10 @@ async def _ack_backlog(nats_server: NatsServer, limit_s: float = 300.0) -> tuple
     try:
         js = nc.jetstream()
         started = time.perf_counter()
-        first = (await js.consumer_info("TELEMETRY", CONSUMER)).num_ack_pending or 0
-        while (await js.consumer_info("TELEMETRY", CONSUMER)).num_ack_pending and time.perf_counter() - started < limit_s:
+        first = pending = (await js.consumer_info(STREAM, CONSUMER)).num_ack_pending or 0
+        while pending and time.perf_counter() - started < limit_s:
             await asyncio.sleep(0.1)
+            pending = (await js.consumer_info(STREAM, CONSUMER)).num_ack_pending
         return first, round(time.perf_counter() - started, 1)
     finally:
         await nc.close()

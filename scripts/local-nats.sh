@@ -67,6 +67,12 @@ jetstream {
 mqtt {
   listen: "127.0.0.1:$MQTT_PORT"
 }
+# MQTT devices' subjects (telemetry.<stream>.<deviceId>) onto 256 partitions of their stream, by a hash
+# of the device id, before JetStream stores them: api/stream/log.py says why.
+mappings {
+  "telemetry.meters.*": "telemetry.meters.p256.{{partition(256,1)}}"
+  "telemetry.vehicles.*": "telemetry.vehicles.p256.{{partition(256,1)}}"
+}
 include "auth.conf"
 CONF
 

@@ -11,6 +11,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from api.settings import PROJECT_ROOT
+from api.stream.log import PARTITION_MAPPINGS
 
 INSTALLER = PROJECT_ROOT / "scripts" / "install-timescaledb.sh"
 
@@ -148,3 +149,14 @@ def test_pg_ctl_runs_a_cluster_from_a_relative_data_directory(tmp_path: Path) ->
     stopped = run("stop", "-D", "./rel/../rel/pgdata", "-m", "fast")
     assert stopped.returncode == 0, stopped.stderr
     assert run("status", "-D", "rel/pgdata").returncode == 3  # no server running
+
+
+def test_every_nats_configuration_maps_device_subjects_onto_the_writers_partitions(nats_server) -> None:
+    """Compose's NATS and the local one (scripts/local-nats.sh, which the tests and the bench run) store an
+    MQTT device's messages on the partition subjects the writers check (api/stream/log.py)."""
+    expected = {f'"{source}": "{destination}"' for source, destination in PARTITION_MAPPINGS.items()}
+    for conf in (PROJECT_ROOT / "docker" / "nats.conf", nats_server.dir / "nats.conf"):
+        text = conf.read_text()
+        block = text[text.index("mappings {"):]
+        block = block[:block.index("}\n")]
+        assert {line.strip() for line in block.splitlines()[1:] if line.strip()} == expected, conf

@@ -15,12 +15,15 @@ import httpx
 import nats
 import psycopg
 import pytest
+from nats.aio.msg import Msg
 
 from api.db.keys import create_key, split_key
+from api.readings import Limits
 from api.settings import Settings
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash, reload_broker, write_users_file
-from api.stream.log import dead_letter_stream, ensure_streams_now
+from api.stream.log import PARTITION_MAPPINGS, dead_letter_stream, ensure_streams_now, partition_of
 from api.stream.process import NatsServer
+from api.stream.writer import judge_all
 from tests.fix_api import settings_for
 from tests.fix_db import Database
 
@@ -230,21 +233,49 @@ def test_invalid_mqtt_messages_go_to_the_dead_letter_stream_with_their_reason(da
     cases = {
         "telemetry/meters/M-0": ("{not json", "malformed JSON"),
         "telemetry/meters/M-1": (json.dumps(bad), "voltage"),
-        "telemetry/vehicles/EV-9": (json.dumps(vehicles(1)[0]), "published to the topic of 'EV-9'"),
+        # EV-0's reading on EV-9's topic: partitions 23 and 236 of 256.
+        "telemetry/vehicles/EV-9": (json.dumps(vehicles(1)[0]), "reading 0 is of 'EV-0', published to the topic of "
+                                                                 "another device (its message is on partition 236"),
         "telemetry/meters/M-2": ("[]", "empty batch"),
     }
     for n, (topic, (payload, _)) in enumerate(cases.items()):
         assert mqtt_publish(nats_server, user, key, topic, payload, client_id=f"d{n}").returncode == 0
     wait_until(lambda: log_state(settings)["dead_letters"] == len(cases), what="the dead letters")
-    letters = {headers["Telemetry-Subject"]: (headers["Telemetry-Error"], payload)
+    letters = {payload: (headers["Telemetry-Subject"], headers["Telemetry-Error"])
                for _, headers, payload in dead_letters(settings)}
     for topic, (payload, reason) in cases.items():
-        error, kept = letters[topic.replace("/", ".")]
+        subject, error = letters[payload.encode()]
+        # The broker stored the message on its device's partition (the mapping of scripts/local-nats.sh).
+        _, stream, device = topic.split("/")
+        assert subject == f"telemetry.{stream}.p256.{partition_of(device)}"
         assert reason in error
-        assert kept == payload.encode()
     assert stored(database)[:2] == (0, 0)
     assert sum(v for k, v in writer.metrics().items() if k.startswith("telemetry_stream_dead_letters_total")) == 4
     wait_until(lambda: log_state(settings)["messages"] == 0, what="the invalid messages to be acknowledged")
+
+
+def test_the_writer_checks_each_reading_against_its_topic_mapped_or_not() -> None:
+    """On a partition subject (the broker's mapping) a reading must be of a device of that partition; on a
+    device subject (a broker without the mapping) of that very device; on a stream's own subject (the
+    API's batches) of any device. One reading alone, or in an array."""
+    limits = Limits(10_000, timedelta(minutes=5), timedelta(days=3650))
+    m0, m1 = json.dumps(meters(1)[0]), json.dumps(meters(2)[1])  # M-0 (partition 141) and M-1 (250)
+
+    def verdicts(subject: str) -> list[tuple[int, str | None]]:
+        msgs = [Msg(None, subject=subject, data=body.encode()) for body in (m0, m1, f"[{m0}, {m1}]")]
+        return [(len(v.rows), v.error) for v in judge_all(msgs, limits)]
+
+    on_m0 = verdicts(f"telemetry.meters.p256.{partition_of('M-0')}")
+    assert on_m0[0] == (1, None)
+    assert on_m0[1][0] == 0 and "reading 0 is of 'M-1', published to the topic of another device" in on_m0[1][1]
+    assert on_m0[2][0] == 0 and "reading 1 is of 'M-1'" in on_m0[2][1]
+    on_device = verdicts("telemetry.meters.M-1")
+    assert on_device[0] == (0, "reading 0 is of 'M-0', published to the topic of 'M-1'")
+    assert on_device[1] == (1, None)
+    assert verdicts("telemetry.meters") == [(1, None), (1, None), (2, None)]
+    # A vehicle reading is no meter reading, whatever the subject.
+    assert judge_all([Msg(None, subject="telemetry.meters", data=json.dumps(vehicles(1)[0]).encode())],
+                     limits)[0].error
 
 
 @pytest.mark.parametrize("end, ack_wait_s", [("kill", "3"), ("stop", "120")])

@@ -3,13 +3,20 @@ stream, and publishing validated batches into it (the asynchronous HTTP way in).
 
 Subjects: ``telemetry.meters`` and ``telemetry.vehicles`` carry batches published by the API;
 ``telemetry.meters.<meterId>`` and ``telemetry.vehicles.<vehicleId>`` are what MQTT devices publish to
-(NATS maps the MQTT topic ``telemetry/meters/<id>`` to that subject). Invalid messages are moved to
-``deadletter.telemetry.…`` with the reason in a header."""
+(NATS turns the MQTT topic ``telemetry/meters/<id>`` into that subject). The broker's configuration maps
+those onto ``telemetry.meters.p256.<n>``, one of 256 partitions by a hash of the device id
+(PARTITION_MAPPINGS), before the stream stores them: NATS 2.9's file store looks for a subject's next
+message by reading the block onwards from its first, at every ack that removes that first message, once
+the subject has three messages in a block. With one subject per device, 20,000 devices and a backlog that
+holds three readings a device in a block, that is a read of some 20,000 messages per ack; with 256
+subjects, of some 256. The writers check each reading against its message's partition. Invalid messages
+are moved to ``deadletter.telemetry.…`` with the reason in a header."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -31,6 +38,11 @@ log = logging.getLogger("api.stream")
 _CONNECTING: dict[Client, asyncio.Task] = {}
 
 SUBJECTS = ["telemetry.meters", "telemetry.meters.>", "telemetry.vehicles", "telemetry.vehicles.>"]
+# The subject mapping every NATS server of the platform is configured with (scripts/local-nats.sh,
+# docker/nats.conf; tests/test_stream.py checks that both hold it): device subjects onto 256 partitions.
+PARTITIONS = 256
+PARTITION_MAPPINGS = {f"telemetry.{stream}.*": f"telemetry.{stream}.p{PARTITIONS}.{{{{partition({PARTITIONS},1)}}}}"
+                      for stream in ("meters", "vehicles")}
 DEAD_LETTER_PREFIX = "deadletter."
 DEAD_LETTER_STREAM_SUFFIX = "_DEADLETTER"
 CONSUMER = "writers"
@@ -46,6 +58,16 @@ PUBLISHED = Counter("telemetry_stream_published_readings_total",
                     "Readings the API published into the log (asynchronous HTTP ingestion), by stream", ["stream"])
 PUBLISH_FAILURES = Counter("telemetry_stream_publish_failures_total",
                            "Publishes the log refused or did not acknowledge, by reason", ["reason"])
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_of(device: str, partitions: int = PARTITIONS) -> int:
+    """The partition NATS's partition() mapping puts a device's topic on: FNV-1a (32 bit) of the subject
+    token, which is the device id with NATS 2.10+'s '//' for a '.', modulo the number of partitions."""
+    digest = 0x811C9DC5
+    for byte in device.replace(".", "//").encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % partitions
 
 
 class LogUnavailable(Exception):

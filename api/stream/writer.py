@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -37,7 +38,7 @@ from api.readings import (STREAMS, BadInput, Batch, Limits, check_device_ids, de
                           validate_batch)
 from api.settings import Settings
 from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, close, connect,
-                            ensure_streams)
+                            ensure_streams, partition_of)
 
 log = logging.getLogger("api.writer")
 
@@ -84,17 +85,53 @@ class Verdict:
     error: str | None = None
 
 
-def _topic(subject: str) -> tuple[str, str | None]:
-    """The stream a subject names, and the device an MQTT topic names (None on a stream's own subject);
-    NATS 2.10+ maps a '.' of the topic to '//'."""
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """What a message's subject says: its stream and, for a device's own topic, which device may send on it.
+
+    ``telemetry.<stream>``: a batch the API published (any device). ``telemetry.<stream>.<deviceId>``: an
+    MQTT topic as NATS stores it unmapped (NATS 2.10+ writes a '.' of the topic as '//').
+    ``telemetry.<stream>.p<N>.<n>``: the same topic after the broker's subject mapping, which stores a
+    device's messages on partition n of N of its stream (NATS's partition(): FNV-1a of the device id,
+    modulo N; see log.PARTITION_MAPPINGS)."""
+
+    stream: str
+    device: str | None = None
+    partition: tuple[int, int] | None = None  # (n, N)
+
+    def admits(self, device: str) -> bool:
+        if self.partition is not None:
+            n, partitions = self.partition
+            return partition_of(device, partitions) == n
+        return self.device is None or self.device == device
+
+    def names_a_device(self) -> bool:
+        return self.device is not None or self.partition is not None
+
+    def mismatch(self, index: int, device: str) -> str:
+        if self.partition is not None:
+            n, partitions = self.partition
+            return (f"reading {index} is of {device!r}, published to the topic of another device (its message "
+                    f"is on partition {n} of {partitions}, {device!r} on {partition_of(device, partitions)})")
+        return f"reading {index} is of {device!r}, published to the topic of {self.device!r}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _topic(subject: str) -> Topic:
     _, _, rest = subject.partition(".")
     stream, has_device, device = rest.partition(".")
-    return stream, device.replace("//", ".") if has_device else None
+    if not has_device:
+        return Topic(stream)
+    marker, dot, n = device.partition(".")
+    if dot and marker[:1] == "p" and marker[1:].isdigit() and n.isdigit() and int(n) < int(marker[1:]):
+        return Topic(stream, partition=(int(n), int(marker[1:])))
+    return Topic(stream, device=device.replace("//", "."))
 
 
 def judge(msg: Msg, limits: Limits) -> Verdict:
     """Validate one message as the synchronous API validates one request."""
-    stream, device = _topic(msg.subject)
+    topic = _topic(msg.subject)
+    stream = topic.stream
     if stream not in STREAMS:
         return Verdict("unknown", error=f"subject {msg.subject!r} names no stream")
     try:
@@ -103,11 +140,9 @@ def judge(msg: Msg, limits: Limits) -> Verdict:
         detail = "; ".join(f"reading {e.index}{f' {e.field}' if e.field else ''}: {e.reason}" for e in exc.errors)
         return Verdict(stream, error=f"{exc.message}{': ' + detail if detail else ''}")
     readings = rows.meters if stream == "meters" else rows.vehicles
-    if device is not None:  # an MQTT topic names its device
-        for index, reading in enumerate(readings):
-            if device_id(reading) != device:
-                return Verdict(stream, error=f"reading {index} is of {device_id(reading)!r}, "
-                                             f"published to the topic of {device!r}")
+    for index, reading in enumerate(readings):  # an MQTT topic names its device
+        if not topic.admits(device_id(reading)):
+            return Verdict(stream, error=topic.mismatch(index, device_id(reading)))
     return Verdict(stream, rows=readings)
 
 
@@ -130,15 +165,16 @@ def judge_all(msgs: list[Msg], limits: Limits) -> list[Verdict]:
     verdicts: list[Verdict | None] = [None] * len(msgs)
     pending: dict[str, tuple[list[int], list]] = {stream: ([], []) for stream in STREAMS}
     for index, msg in enumerate(msgs):
-        stream, device = _topic(msg.subject)
+        topic = _topic(msg.subject)
+        stream = topic.stream
         # parse_body's decoder of one reading: it decodes and refuses exactly the same bodies.
-        if stream in STREAMS and device and msg.data[:1] == b"{":
+        if stream in STREAMS and topic.names_a_device() and msg.data[:1] == b"{":
             try:
                 reading = decoder(STREAMS[stream]).decode(msg.data)
             except msgspec.DecodeError:  # ValidationError included
                 pass
             else:
-                if device_id(reading) == device:
+                if topic.admits(device_id(reading)):
                     indexes, rows = pending[stream]
                     indexes.append(index)
                     rows.append(reading)

@@ -43,6 +43,11 @@ def main() -> None:
     sections = args.only or ["ingest", "analytics", "energygrid", "loadgen", "stream"]
     console = Console(width=max(Console().width, 130))
     results: dict[str, object] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = PROJECT_ROOT / "bench-results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    def save() -> None:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, default=str))
 
     if "ingest" in sections:
         from bench import ingest
@@ -170,6 +175,7 @@ def main() -> None:
         r = stream.run(args.fleet_devices, args.speedup, args.stream_duration, args.loadgen_batch_size,
                        args.loadgen_concurrency, args.mqtt_connections, args.stream_outage_duration)
         results["stream"] = r
+        save()  # the stream section takes 18 minutes: its figures are kept whatever the printing does
         stream.print_tables(console, r)
 
     if "energygrid" in sections:
@@ -185,10 +191,7 @@ def main() -> None:
                       str(r["retries"]))
         console.print(table)
 
-    out = PROJECT_ROOT / "bench-results"
-    out.mkdir(exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
+    save()
     console.print(f"results written to {path}")
 
 

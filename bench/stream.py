@@ -424,7 +424,8 @@ def print_tables(console, r: dict) -> None:
             table.add_row(str(c["writers"]), "fresh" if c.get("fresh_consumer", True) else "after the drain above",
                           f"{c['messages']:,}", f"{c['stored']:,}", str(c["seconds_with_start"]),
                           f"{c['messages_per_s']:,}", f"{c.get('acks_pending_when_stored', 0):,}",
-                          str(c.get("acks_processed_after_s", "")), f"{c.get('acks_per_s_after') or '':,}")
+                          str(c.get("acks_processed_after_s", "")),
+                          f"{c['acks_per_s_after']:,}" if c.get("acks_per_s_after") else "")
         console.print(table)
     o = r.get("outage")
     if o:

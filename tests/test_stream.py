@@ -23,7 +23,7 @@ from api.settings import Settings
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash, reload_broker, write_users_file
 from api.stream.log import PARTITION_MAPPINGS, dead_letter_stream, ensure_streams_now, partition_of
 from api.stream.process import NatsServer
-from api.stream.writer import judge_all
+from api.stream.writer import Topic, _topic, judge_all
 from tests.fix_api import settings_for
 from tests.fix_db import Database
 
@@ -252,6 +252,20 @@ def test_invalid_mqtt_messages_go_to_the_dead_letter_stream_with_their_reason(da
     assert stored(database)[:2] == (0, 0)
     assert sum(v for k, v in writer.metrics().items() if k.startswith("telemetry_stream_dead_letters_total")) == 4
     wait_until(lambda: log_state(settings)["messages"] == 0, what="the invalid messages to be acknowledged")
+
+
+def test_partition_subjects_are_the_mappings_own_and_the_hash_is_nats_s() -> None:
+    """Only the mapping's own subjects (p256.<0-255>) are read as partitions; any other subject a device
+    may publish to by hand names a device, and nothing in one makes the writer raise. The hash is
+    FNV-1a 32 (its published test vectors), over the id as NATS 2.10+ writes it ('.' as '//')."""
+    assert _topic("telemetry.meters.p256.0") == Topic("meters", partition=(0, 256))
+    assert _topic("telemetry.vehicles.p256.255") == Topic("vehicles", partition=(255, 256))
+    for device in ("p256.256", "p256.00", "p1.0", "p256.\u00b2", "p\u00b2.0", "p256.1.2", "p256." + "9" * 5000):
+        assert _topic(f"telemetry.meters.{device}") == Topic("meters", device=device)
+    assert _topic("telemetry.meters.MTR//7") == Topic("meters", device="MTR.7")
+    assert _topic("telemetry.meters") == Topic("meters")
+    assert partition_of("a", 2**32) == 0xE40C292C and partition_of("foobar", 2**32) == 0xBF9CF968
+    assert partition_of("MTR.7") == partition_of("MTR//7") == 0xD5340F4D % 256  # FNV-1a 32 of "MTR//7"
 
 
 def test_the_writer_checks_each_reading_against_its_topic_mapped_or_not() -> None:

@@ -39,7 +39,7 @@ _CONNECTING: dict[Client, asyncio.Task] = {}
 
 SUBJECTS = ["telemetry.meters", "telemetry.meters.>", "telemetry.vehicles", "telemetry.vehicles.>"]
 # The subject mapping every NATS server of the platform is configured with (scripts/local-nats.sh,
-# docker/nats.conf; tests/test_stream.py checks that both hold it): device subjects onto 256 partitions.
+# docker/nats.conf; tests/test_deployment.py checks that both hold it): device subjects onto 256 partitions.
 PARTITIONS = 256
 PARTITION_MAPPINGS = {f"telemetry.{stream}.*": f"telemetry.{stream}.p{PARTITIONS}.{{{{partition({PARTITIONS},1)}}}}"
                       for stream in ("meters", "vehicles")}

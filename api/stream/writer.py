@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -37,8 +37,8 @@ from api.db.retention import RetentionCache
 from api.readings import (STREAMS, BadInput, Batch, Limits, check_device_ids, decoder, device_id, parse_body,
                           validate_batch)
 from api.settings import Settings
-from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, close, connect,
-                            ensure_streams, partition_of)
+from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, PARTITIONS, close,
+                            connect, ensure_streams, partition_of)
 
 log = logging.getLogger("api.writer")
 
@@ -116,15 +116,18 @@ class Topic:
         return f"reading {index} is of {device!r}, published to the topic of {self.device!r}"
 
 
-@functools.lru_cache(maxsize=65536)
+# The partition subjects of the broker's mapping, and no other: a device that publishes to a topic of
+# that shape by hand gets no other partition count, and no digit Python's int() would refuse.
+_PARTITION = re.compile(rf"p{PARTITIONS}\.(0|[1-9][0-9]{{0,{len(str(PARTITIONS)) - 1}}})", re.ASCII)
+
+
 def _topic(subject: str) -> Topic:
     _, _, rest = subject.partition(".")
     stream, has_device, device = rest.partition(".")
     if not has_device:
         return Topic(stream)
-    marker, dot, n = device.partition(".")
-    if dot and marker[:1] == "p" and marker[1:].isdigit() and n.isdigit() and int(n) < int(marker[1:]):
-        return Topic(stream, partition=(int(n), int(marker[1:])))
+    if (mapped := _PARTITION.fullmatch(device)) and int(mapped[1]) < PARTITIONS:
+        return Topic(stream, partition=(int(mapped[1]), PARTITIONS))
     return Topic(stream, device=device.replace("//", "."))
 
 

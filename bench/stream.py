@@ -21,6 +21,7 @@ import httpx
 import msgspec
 import nats
 import nats.js.errors
+import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -34,6 +35,78 @@ DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not
 # (label, transport, writers)
 PATHS = [("sync HTTP", "http", 0), ("async HTTP, 1 writer", "http-async", 1), ("async HTTP, 2 writers", "http-async", 2),
          ("MQTT, 1 writer", "mqtt", 1), ("MQTT, 2 writers", "mqtt", 2)]
+
+
+ROLES = ("NATS", "writers", "PostgreSQL", "API", "devices (load generator)", "other")
+
+
+def _role(proc: psutil.Process) -> str:
+    """A process's role, or that of its nearest ancestor with one (the MQTT sender's connection processes
+    are the load generator's multiprocessing children)."""
+    role = _own_role(proc.info["name"] or "", " ".join(proc.info["cmdline"] or ()))
+    if role == "other":
+        with contextlib.suppress(psutil.Error):
+            for parent in proc.parents():
+                if (role := _own_role(parent.name(), " ".join(parent.cmdline()))) != "other":
+                    break
+    return role
+
+
+def _own_role(name: str, cmdline: str) -> str:
+    if name == "nats-server":
+        return "NATS"
+    if name == "postgres" or cmdline.startswith("postgres"):
+        return "PostgreSQL"
+    if "-m api writer" in cmdline:
+        return "writers"
+    if "-m api" in cmdline or "granian" in cmdline or "uvicorn" in cmdline:
+        return "API"
+    if "-m loadgen" in cmdline:  # with the MQTT sender's connection processes (forked)
+        return "devices (load generator)"
+    return "other"
+
+
+class CpuByRole:
+    """The CPU every process on the machine spends while the block runs, summed by its role, as a share
+    of one core (psutil, sampled each second: a process that starts and ends between two samples is
+    missed; the sum over roles is at most the machine's cores)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, float]] = {}
+        self._totals = dict.fromkeys(ROLES, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.shares: dict[str, float] = {}
+
+    def _sample(self) -> None:
+        for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            times = proc.info["cpu_times"]
+            if times is None:
+                continue
+            used = times.user + times.system
+            role, before = self._seen.get(proc.pid, (None, None))
+            if role is None:  # a process new since the last sample: all its CPU is new
+                role, before = _role(proc), 0.0
+            self._totals[role] += used - before
+            self._seen[proc.pid] = (role, used)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def __enter__(self) -> CpuByRole:
+        self._sample()  # what each process had spent before: not counted
+        self._totals = dict.fromkeys(ROLES, 0.0)
+        self._began = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        elapsed = time.perf_counter() - self._began
+        self.shares = {role: round(total / elapsed, 2) for role, total in self._totals.items()}
 
 
 def _metrics(url: str) -> dict[str, float]:
@@ -122,8 +195,9 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
     try:
         with ApiProcess(url, NATS_URL=nats_server.url, DB_POOL_MAX=str(max(concurrency, 4)),
                         ALERT_INTERVAL_S="0") as api:
-            run = _loadgen(api, key, url, nats_server, transport, devices, speedup, duration, batch_size,
-                           concurrency, tmp)
+            with CpuByRole() as cpu:
+                run = _loadgen(api, key, url, nats_server, transport, devices, speedup, duration, batch_size,
+                               concurrency, tmp)
         lag = lag_quantiles([w.metrics() for w in procs]) if procs else None
     finally:
         for w in procs:
@@ -139,7 +213,7 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
         "stored_rows_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
         "request_latency_ms": run.get("latency_ms"), "lag": lag,
         "verified": bool(verification.get("passed")), "problems": verification.get("problems", [])[:5],
-        "exit_status": run.get("exit_status"),
+        "exit_status": run.get("exit_status"), "cpu_cores_by_role": cpu.shares,
     }
 
 
@@ -412,6 +486,15 @@ def print_tables(console, r: dict) -> None:
                       str(lag.get("p50_s", "")), str(lag.get("p99_s", "")),
                       str((p["request_latency_ms"] or {}).get("p99", "")), f"{p['failed'] or 0:,}",
                       "passed" if p["verified"] else "FAILED")
+    console.print(table)
+    table = Table(title="CPU by role while the devices send (the load generator's run, drain excluded), in cores of "
+                        f"the machine's {os.cpu_count()}")
+    table.add_column("way in", justify="right")
+    for role in ROLES:
+        table.add_column(role, justify="right")
+    for p in r["paths"]:
+        cpu = p.get("cpu_cores_by_role") or {}
+        table.add_row(p["path"], *(f"{cpu[role]:.2f}" if role in cpu else "" for role in ROLES))
     console.print(table)
     if r.get("writer_capacity"):
         table = Table(title="Writers draining one-reading (MQTT-shaped) messages from a log filled beforehand, "

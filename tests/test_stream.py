@@ -268,6 +268,27 @@ def test_partition_subjects_are_the_mappings_own_and_the_hash_is_nats_s() -> Non
     assert partition_of("MTR.7") == partition_of("MTR//7") == 0xD5340F4D % 256  # FNV-1a 32 of "MTR//7"
 
 
+def test_a_message_the_writer_fails_to_judge_is_a_dead_letter_not_a_stopped_writer(monkeypatch) -> None:
+    """A bug met while judging one message (here: validation raising on one body) makes that message a dead
+    letter with the error; the other messages of the batch keep their verdicts."""
+    import api.stream.writer as writer
+
+    real = writer.validate_batch
+
+    def failing_on_m1(rows, limits):
+        if any(getattr(r, "meter_id", None) == "M-1" for r in getattr(rows, "meters", rows)):
+            raise RuntimeError("a bug")
+        return real(rows, limits)
+
+    monkeypatch.setattr(writer, "validate_batch", failing_on_m1)
+    limits = Limits(10_000, timedelta(minutes=5), timedelta(days=3650))
+    msgs = [Msg(None, subject=f"telemetry.meters.{r['meterId']}", data=json.dumps(r).encode()) for r in meters(3)]
+    verdicts = writer.judge_all_safely(msgs, limits)
+    assert [len(v.rows) for v in verdicts] == [1, 0, 1]
+    assert verdicts[1].stream == "meters"
+    assert verdicts[1].error == "the writer could not judge this message: RuntimeError: a bug"
+
+
 def test_the_writer_checks_each_reading_against_its_topic_mapped_or_not() -> None:
     """On a partition subject (the broker's mapping) a reading must be of a device of that partition; on a
     device subject (a broker without the mapping) of that very device; on a stream's own subject (the

@@ -198,6 +198,25 @@ def judge_all(msgs: list[Msg], limits: Limits) -> list[Verdict]:
     return verdicts
 
 
+def judge_all_safely(msgs: list[Msg], limits: Limits) -> list[Verdict]:
+    """judge_all(), but a message whose judging fails unexpectedly (a bug) becomes a dead letter with the
+    error, logged, instead of stopping the writer: unacknowledged, it would come back to every writer for
+    ever. The other messages of the batch are judged one by one."""
+    try:
+        return judge_all(msgs, limits)
+    except Exception:
+        log.exception("judging a batch of %d messages failed: judging them one by one", len(msgs))
+    verdicts = []
+    for msg in msgs:
+        try:
+            verdicts.append(judge(msg, limits))
+        except Exception as exc:
+            log.exception("judging the message on %s (stream sequence %s) failed", msg.subject, msg.reply)
+            verdicts.append(Verdict(_topic(msg.subject).stream,
+                                    error=f"the writer could not judge this message: {type(exc).__name__}: {exc}"))
+    return verdicts
+
+
 class Writer:
     def __init__(self, settings: Settings, pool: AsyncConnectionPool, nc: Client) -> None:
         self.settings = settings
@@ -267,7 +286,7 @@ class Writer:
         valid: list[tuple[Msg, Verdict]] = []
         stored_ns: list[int] = []
         invalid: list[tuple[Msg, str]] = []
-        for msg, verdict, (_, stored) in zip(msgs, judge_all(msgs, limits), deliveries):
+        for msg, verdict, (_, stored) in zip(msgs, judge_all_safely(msgs, limits), deliveries):
             if verdict.error is None:
                 valid.append((msg, verdict))
                 stored_ns.append(stored)

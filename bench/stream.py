@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
 from api.stream.log import CONSUMER
 from api.stream.process import NatsServer, WriterProcess
-from bench.env import ApiProcess, create_key, free_port, fresh_database
+from bench.env import ApiProcess, create_key, fresh_database
 
 STREAM = "TELEMETRY"  # the log's stream under the default settings (STREAM_NAME)
 DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not drop each other's
@@ -486,7 +486,7 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
                     "concurrency": concurrency, "mqtt_connections": mqtt_connections,
                     "target_rows_per_s": round(2 * devices * speedup / 60, 1), "paths": []}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
-        nats_server = NatsServer(Path(tmp) / "nats", port=free_port(), mqtt_port=free_port())
+        nats_server = NatsServer(Path(tmp) / "nats")
         try:
             for label, transport, writers in paths or PATHS:
                 print(f"stream: {label} ...", flush=True)

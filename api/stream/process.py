@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from api.server.process import ChildProcess, free_port
+from api.server.process import ChildProcess, free_port, free_ports
 from api.settings import PROJECT_ROOT
 
 LOCAL_NATS = PROJECT_ROOT / "scripts" / "local-nats.sh"
@@ -25,8 +25,9 @@ class NatsServer:
 
     def __init__(self, directory: Path, port: int | None = None, mqtt_port: int | None = None) -> None:
         self.dir = directory
-        self.port = port or free_port()
-        self.mqtt_port = mqtt_port or free_port()
+        ports = free_ports(2)
+        self.port = port or next(p for p in ports if p != mqtt_port)
+        self.mqtt_port = mqtt_port or next(p for p in ports if p != self.port)
         self.url = ""
         self.start()
 

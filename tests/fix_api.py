@@ -19,7 +19,8 @@ from tests.fix_db import Database
 def settings_for(database: Database, **overrides: object) -> Settings:
     """The API's settings for a test database: connected as the API's role, maintenance and alert evaluation off."""
     return Settings.from_env({}, database_url=database.app_url, migrate_database_url=database.url,
-                             maintenance_interval_s=0, alert_interval_s=0, **{"nats_url": os.environ["NATS_URL"], **overrides})
+                             maintenance_interval_s=0, alert_interval_s=0,
+                             **{"nats_url": os.environ["NATS_URL"], **overrides})  # tests/conftest.py: no NATS
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from api.db.keys import create_key, split_key
 from api.readings import Limits
 from api.settings import Settings
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash, reload_broker, write_users_file
-from api.stream.log import PARTITION_MAPPINGS, dead_letter_stream, ensure_streams_now, partition_of
+from api.stream.log import dead_letter_stream, ensure_streams_now, partition_of
 from api.stream.process import NatsServer
 from api.stream.writer import Topic, _topic, judge_all
 from tests.fix_api import settings_for
@@ -258,8 +258,8 @@ def test_partition_subjects_are_the_mappings_own_and_the_hash_is_nats_s() -> Non
     """Only the mapping's own subjects (p256.<0-255>) are read as partitions; any other subject a device
     may publish to by hand names a device, and nothing in one makes the writer raise. The hash is
     FNV-1a 32 (its published test vectors), over the id as NATS 2.10+ writes it ('.' as '//')."""
-    assert _topic("telemetry.meters.p256.0") == Topic("meters", partition=(0, 256))
-    assert _topic("telemetry.vehicles.p256.255") == Topic("vehicles", partition=(255, 256))
+    assert _topic("telemetry.meters.p256.0") == Topic("meters", partition=0)
+    assert _topic("telemetry.vehicles.p256.255") == Topic("vehicles", partition=255)
     for device in ("p256.256", "p256.00", "p1.0", "p256.\u00b2", "p\u00b2.0", "p256.1.2", "p256." + "9" * 5000):
         assert _topic(f"telemetry.meters.{device}") == Topic("meters", device=device)
     assert _topic("telemetry.meters.MTR//7") == Topic("meters", device="MTR.7")

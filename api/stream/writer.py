@@ -91,18 +91,17 @@ class Topic:
 
     ``telemetry.<stream>``: a batch the API published (any device). ``telemetry.<stream>.<deviceId>``: an
     MQTT topic as NATS stores it unmapped (NATS 2.10+ writes a '.' of the topic as '//').
-    ``telemetry.<stream>.p<N>.<n>``: the same topic after the broker's subject mapping, which stores a
-    device's messages on partition n of N of its stream (NATS's partition(): FNV-1a of the device id,
-    modulo N; see log.PARTITION_MAPPINGS)."""
+    ``telemetry.<stream>.p256.<n>``: the same topic after the broker's subject mapping, which stores a
+    device's messages on partition n of the 256 of its stream (NATS's partition(): FNV-1a of the device
+    id, modulo 256; see log.PARTITION_MAPPINGS)."""
 
     stream: str
     device: str | None = None
-    partition: tuple[int, int] | None = None  # (n, N)
+    partition: int | None = None
 
     def admits(self, device: str) -> bool:
         if self.partition is not None:
-            n, partitions = self.partition
-            return partition_of(device, partitions) == n
+            return partition_of(device) == self.partition
         return self.device is None or self.device == device
 
     def names_a_device(self) -> bool:
@@ -110,9 +109,8 @@ class Topic:
 
     def mismatch(self, index: int, device: str) -> str:
         if self.partition is not None:
-            n, partitions = self.partition
             return (f"reading {index} is of {device!r}, published to the topic of another device (its message "
-                    f"is on partition {n} of {partitions}, {device!r} on {partition_of(device, partitions)})")
+                    f"is on partition {self.partition} of {PARTITIONS}, {device!r} on {partition_of(device)})")
         return f"reading {index} is of {device!r}, published to the topic of {self.device!r}"
 
 
@@ -127,7 +125,7 @@ def _topic(subject: str) -> Topic:
     if not has_device:
         return Topic(stream)
     if (mapped := _PARTITION.fullmatch(device)) and int(mapped[1]) < PARTITIONS:
-        return Topic(stream, partition=(int(mapped[1]), PARTITIONS))
+        return Topic(stream, partition=int(mapped[1]))
     return Topic(stream, device=device.replace("//", "."))
 
 

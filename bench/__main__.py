@@ -133,6 +133,14 @@ def main() -> None:
                            for end, stats in r["fleet_sql_24_whole_hours_by_end"].items()),
                          ("telemetry.fleet_summary() over psycopg, last 24 h", r["fleet_sql_last_24h"])):
             table.add_row(label, str(f["p50_ms"]), str(f["p99_ms"]), str(f["requests_per_s"]))
+        b = r["fleet_sql_last_hour_before_refresh"]
+        if "skipped" in b:
+            table.add_row(f"  … ending at the last whole hour, before its refresh: {b['skipped']}", "", "", "")
+        else:
+            settled = "" if b["settled_had_the_hour"] else "; the job had not built that hour yet either"
+            table.add_row(f"  … ending at the last whole hour, before its refresh (staged: ten-minute rows to "
+                          f"{b['ten_minute_watermark'][11:16]}, hours to {b['hourly_watermark'][11:16]}{settled})",
+                          str(b["p50_ms"]), str(b["p99_ms"]), str(b["requests_per_s"]))
         console.print(table)
         a = r["alert_evaluation"]
         opened = ", ".join(f"{n:,} {rule}" for rule, n in sorted(a["opened_by_rule"].items()))

@@ -24,10 +24,10 @@ _REFRESH_JOBS = """SELECT job_id FROM timescaledb_information.jobs
 
 
 def _refresh_aggregates(database_url: str) -> bool:
-    """Runs the platform's aggregate refresh now, as its scheduler does every 5 minutes. A reading
+    """Runs the platform's aggregate refresh now, as its scheduler does every minute. A reading
     committed after its hour was materialized counts in the analytics only after the next refresh
     (the platform's freshness bound): readings that waited in the log, or a run whose simulated
-    hours closed while it was sending, would otherwise fail the analytics checks for up to 5 minutes.
+    hours closed while it was sending, would otherwise fail the analytics checks for up to a minute.
     False when the role may not run the job: the analytics problems then say so."""
     deadline = time.monotonic() + 120
     while True:

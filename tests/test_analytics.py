@@ -147,7 +147,7 @@ def check_fleet(client: TestClient, key: str, store: Store, start: datetime, end
     for verdict_name, count in fleet["verdicts"].items():
         assert count == sum(p["verdict"] == verdict_name for p in per_vehicle.values())
     ranked = sorted((p for p in per_vehicle.values() if p["verdict"] in ("healthy", "degraded", "faulty")),
-                    key=lambda p: (p["efficiency"], p["vehicleId"]))[:5]
+                    key=lambda p: (round(p["efficiency"] * 1e9), p["vehicleId"]))[:5]
     assert [w["vehicleId"] for w in fleet["worst"]] == [p["vehicleId"] for p in ranked]
 
 

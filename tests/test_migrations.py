@@ -54,7 +54,8 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
          "0006_refresh_closed_hours.community.sql", "0007_six_hour_aggregates.community.sql",
          "0008_retention_settings.sql", "0009_chained_refresh.community.sql", "0010_one_vehicle_per_meter.sql",
          "0011_alerts.sql", "0012_broker_credentials.sql", "0013_ten_minute_meter_energy.community.sql",
-         "0014_ten_minute_vehicle_energy.community.sql", "0015_running_energy.sql")
+         "0014_ten_minute_vehicle_energy.community.sql", "0015_running_energy.sql",
+         "0016_refresh_every_minute.community.sql")
         if empty_database.edition == "community"
         else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql",
               "0007_six_hour_aggregates.apache.sql", "0008_retention_settings.sql",
@@ -248,7 +249,7 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
         """SELECT schedule_interval FROM timescaledb_information.jobs
            WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'"""
     ).fetchall()
-    assert [str(interval) for (interval,) in refresh] == ["0:05:00"]
+    assert [str(interval) for (interval,) in refresh] == ["0:01:00"]
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_energy_10m"]["drop_after"] == "30 days"

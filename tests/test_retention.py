@@ -144,3 +144,26 @@ def test_a_policy_edited_by_hand_is_put_back_by_the_next_migration(database: Dat
         assert _raw_policies(conn)["vehicle_readings"] == "3 days"
         migrate(database.url, SQL_DIR)
         assert _raw_policies(conn)["vehicle_readings"] == "30 days"
+
+
+def test_a_reading_accepted_at_the_edge_of_the_raw_retention_reaches_its_hourly_aggregate(
+        database: Database, keys: Keys) -> None:
+    """With the smallest late margin (5 minutes), a reading 6 minutes inside the raw retention is
+    accepted; the refresh then materializes its hour, whatever the minute of the hour it runs at (on
+    Apache the ingest writes it)."""
+    with TestClient(create_app(settings_for(database, retention_cache_s=0))) as client, \
+            database.connect(autocommit=True) as conn:
+        conn.execute("SELECT telemetry.set_retention(INTERVAL '2 days', NULL, INTERVAL '5 minutes')")
+        reading = {**meter(), "timestamp": (datetime.now(UTC) - timedelta(days=2, minutes=-6)).isoformat()}
+        accepted = post(client, "/v1/telemetry/meters", [reading], keys.ingest)
+        assert accepted.status_code == 200 and accepted.json()["inserted"] == 1, accepted.text
+        run_refresh_policies(conn)
+        materialized = conn.execute(
+            # Community: the materialized rows themselves (the real-time view would show the raw
+            # reading too while nothing is materialized).
+            "SELECT bucket, readings, kwh_consumed_ac FROM telemetry.meter_energy_hourly{}"
+            " WHERE meter_id = %s".format("_materialized" if database.edition == "community" else ""),
+            (reading["meterId"],)).fetchall()
+        at = datetime.fromisoformat(reading["timestamp"])
+        assert [(b, n, round(kwh, 9)) for b, n, kwh in materialized] == [
+            (at.replace(minute=0, second=0, microsecond=0), 1, reading["kwhConsumedAc"])]

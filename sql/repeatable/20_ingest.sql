@@ -45,10 +45,14 @@ BEGIN
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
     ), dirty AS (
-        -- Community: hours before the current one whose running sums the refresh job rebuilds.
+        -- Community: hours whose running sums the refresh job may have built before this commits,
+        -- which it then rebuilds: every closed hour, and the current one in its last 10 minutes
+        -- (now() is the transaction's start; the job builds an hour 2 minutes after it closes at the
+        -- earliest, so only a transaction open for more than 12 minutes could miss it).
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'meter', time_bucket(INTERVAL '1 hour', time) FROM ins
-        WHERE time < time_bucket(INTERVAL '1 hour', now()) AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time < time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
+          AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
     INTO inserted, staged
@@ -86,10 +90,14 @@ BEGIN
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
     ), dirty AS (
-        -- Community: hours before the current one whose running sums the refresh job rebuilds.
+        -- Community: hours whose running sums the refresh job may have built before this commits,
+        -- which it then rebuilds: every closed hour, and the current one in its last 10 minutes
+        -- (now() is the transaction's start; the job builds an hour 2 minutes after it closes at the
+        -- earliest, so only a transaction open for more than 12 minutes could miss it).
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'vehicle', time_bucket(INTERVAL '1 hour', time) FROM ins
-        WHERE time < time_bucket(INTERVAL '1 hour', now()) AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time < time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
+          AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)
     INTO inserted, staged

@@ -2,8 +2,11 @@
 -- hourly first (both read the raw readings), then the running sums of the hourly rows, then the
 -- six-hour and daily aggregates built on the hourly ones, each committed on its own.
 --
--- Windows: a ten-minute slot or an hour is materialized once it is 5 minutes closed, as far back as raw readings are
--- kept (telemetry.retention), so a reading accepted late is materialized before its chunk expires.
+-- Windows: a ten-minute slot or an hour is materialized at the first run once it is closed by the
+-- job's margin (its config "margin", 2 minutes; the job runs every minute, versioned/0016), as far
+-- back as raw readings are kept (telemetry.retention), so a reading accepted late is materialized
+-- before its chunk expires. Whatever lies past a level's watermark is read from the finer levels and
+-- the raw readings, at once; a reading that lands before it counts after the next run.
 -- The coarser levels read the hourly rows 5 days further back than that, inside the hourly
 -- retention. Blocks and days are materialized once closed, in the same run as their last hour.
 
@@ -106,6 +109,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     keep telemetry.retention;
     refreshed_at timestamptz := now();
+    margin constant interval := coalesce((config ->> 'margin')::interval, INTERVAL '2 minutes');
     agg regclass;
     seen bigint[];
 BEGIN
@@ -114,7 +118,12 @@ BEGIN
     seen := ARRAY(SELECT id FROM telemetry.energy_running_dirty);
     FOREACH agg IN ARRAY ARRAY['telemetry.meter_energy_10m', 'telemetry.vehicle_energy_10m',
                                'telemetry.meter_energy_hourly', 'telemetry.vehicle_energy_hourly']::regclass[] LOOP
-        CALL refresh_continuous_aggregate(agg, refreshed_at - keep.raw_readings, refreshed_at - INTERVAL '5 minutes');
+        -- From the hour the raw retention reaches into: TimescaleDB rounds a window's start up to
+        -- the next bucket, which would leave readings of that hour (accepted up to the raw retention
+        -- less the late margin) out of every aggregate for good. Raw chunks are whole days, so that
+        -- hour's readings are all still there.
+        CALL refresh_continuous_aggregate(agg, time_bucket(INTERVAL '1 hour', refreshed_at - keep.raw_readings),
+                                          refreshed_at - margin);
         COMMIT;
     END LOOP;
     PERFORM telemetry.update_energy_running('meter', seen);
@@ -124,7 +133,7 @@ BEGIN
     FOREACH agg IN ARRAY ARRAY['telemetry.meter_energy_6h', 'telemetry.vehicle_energy_6h',
                                'telemetry.meter_energy_daily', 'telemetry.vehicle_energy_daily']::regclass[] LOOP
         CALL refresh_continuous_aggregate(agg, refreshed_at - keep.raw_readings - INTERVAL '5 days',
-                                          refreshed_at - INTERVAL '5 minutes');
+                                          refreshed_at - margin);
         COMMIT;
     END LOOP;
 END $$;

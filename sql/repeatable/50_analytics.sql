@@ -440,7 +440,9 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The fleet over a window: totals over linked vehicles, vehicles per verdict, and the worst
--- chargers by efficiency (vehicles with a computable, plausible efficiency only).
+-- chargers by efficiency (vehicles with a computable, plausible efficiency only), ranked by their
+-- efficiency to 9 decimals, then by id: sums read from other levels (before and after a refresh)
+-- differ in the last bits, and chargers of equal efficiency keep their order.
 CREATE OR REPLACE FUNCTION telemetry.fleet_summary(
     p_from timestamptz, p_to timestamptz, p_worst integer DEFAULT 10,
     healthy double precision DEFAULT 0.85, degraded double precision DEFAULT 0.75,
@@ -466,10 +468,10 @@ LANGUAGE sql STABLE AS $$
            (SELECT jsonb_object_agg(v.verdict, coalesce(c.n, 0))
             FROM unnest(ARRAY['healthy', 'degraded', 'faulty', 'anomaly', 'insufficient_data']) AS v(verdict)
             LEFT JOIN (SELECT verdict, count(*) AS n FROM p GROUP BY verdict) c USING (verdict)),
-           (SELECT coalesce(jsonb_agg(w ORDER BY w.efficiency, w.vehicle_id), '[]'::jsonb) FROM (
+           (SELECT coalesce(jsonb_agg(w ORDER BY round(w.efficiency * 1e9), w.vehicle_id), '[]'::jsonb) FROM (
                 SELECT vehicle_id, meter_id, ac_kwh, dc_kwh, loss_kwh, efficiency, avg_battery_temp,
                        meter_readings, vehicle_readings, verdict
                 FROM p WHERE verdict IN ('healthy', 'degraded', 'faulty')
-                ORDER BY efficiency, vehicle_id LIMIT p_worst) w)
+                ORDER BY round(efficiency * 1e9), vehicle_id LIMIT p_worst) w)
     FROM totals t
 $$;

@@ -98,6 +98,11 @@ def broker_from(url: str, api_key: str) -> Broker:
 
 # libmosquitto's return codes and the option used here (mosquitto.h).
 _OK, _NO_CONN, _ERRNO = 0, 4, 14
+# mosquitto_publish queues a QoS 1 message before it tries to send it, and resends it after a reconnect
+# whatever the send returned (no connection, connection lost, a write error): only these codes, of the
+# checks made before the queueing, mean the library does not hold the message.
+# NOMEM, INVAL, PAYLOAD_SIZE, MALFORMED_UTF8, QOS_NOT_SUPPORTED, OVERSIZE_PACKET:
+_NOT_QUEUED = {1, 3, 9, 18, 24, 25}
 _OPT_TLS_USE_OS_CERTS = 13
 _Callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
@@ -261,7 +266,7 @@ class _Connection:
             published_at = time.monotonic()
             code = lib.mosquitto_publish(mosq, mid, topic.encode(), len(payload), payload, 1, False)
             published += rows
-            if code in (_OK, _NO_CONN):  # NO_CONN: the library keeps it and sends it after the reconnect
+            if code not in _NOT_QUEUED:  # sent, or held by the library until the reconnect
                 pending[mid.value] = (published_at, rows)
             else:  # a topic or payload MQTT cannot carry
                 failed += rows

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A project-local NATS server (JetStream on file storage, and its MQTT listener), as local-db.sh is for
 # PostgreSQL: `scripts/local-nats.sh` starts it when it is not running, `scripts/local-nats.sh stop`
-# stops it. Settings from the environment: NATS_DIR (default .local/nats), NATS_PORT (54222),
-# MQTT_PORT (51883). The last line printed is NATS_URL=... (with the service user's credentials).
+# stops it (`close-mqtt` does only the first step of the stop, below). Settings from the environment:
+# NATS_DIR (default .local/nats), NATS_PORT (54222), MQTT_PORT (51883). The last line printed is
+# NATS_URL=... (with the service user's credentials).
 # Users: the service user (API and writers) is generated here once; the MQTT users (one per API key
 # with the ingest scope) are written into auth.conf by `python -m api broker-users`.
 set -euo pipefail
@@ -16,10 +17,36 @@ PID_FILE="$NATS_DIR/nats.pid"
 
 running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 
+# Devices are shut out before the server stops. NATS acknowledges an MQTT QoS 1 message once its own
+# $MQTT_msgs copy is stored, and at shutdown it stops its streams one by one while MQTT connections are
+# still open: a message arriving after TELEMETRY has stopped and before $MQTT_msgs has would be
+# acknowledged and not stored. So the configuration is first reloaded with the service user only:
+# NATS closes the connections of the users it no longer has, and refuses them at connect. The API and
+# the writers (the service user) go on; the next start writes the whole configuration again.
+close_mqtt() {
+    local pid="$1" reloads
+    [ -s "$NATS_DIR/service-password" ] && grep -q '^include "auth.conf"$' "$NATS_DIR/nats.conf" || return 0
+    (umask 077; printf 'authorization {\n  users = [\n    {user: "telemetry", password: "%s"}\n  ]\n}\n' \
+        "$(cat "$NATS_DIR/service-password")" >"$NATS_DIR/service-only.conf")
+    sed -i 's/^include "auth.conf"$/include "service-only.conf"/' "$NATS_DIR/nats.conf"
+    reloads="$(grep -c 'Reloaded server configuration' "$NATS_DIR/nats.log" || true)"
+    kill -HUP "$pid"
+    for _ in $(seq 50); do
+        [ "$(grep -c 'Reloaded server configuration' "$NATS_DIR/nats.log" || true)" -gt "$reloads" ] && break
+        sleep 0.1
+    done
+    sleep 0.2  # a publish read just before the reload completes while JetStream is whole
+}
+
 case "${1:-start}" in
+close-mqtt)
+    if running; then close_mqtt "$(cat "$PID_FILE")"; echo "local-nats: MQTT devices shut out until the next start"; fi
+    exit 0
+    ;;
 stop)
     if running; then
         pid="$(cat "$PID_FILE")"
+        close_mqtt "$pid"
         kill "$pid"
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         echo "local-nats: stopped"
@@ -27,7 +54,7 @@ stop)
     exit 0
     ;;
 start) ;;
-*) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+*) echo "usage: $0 [start|stop|close-mqtt]" >&2; exit 2 ;;
 esac
 
 if [ -n "${NATS_URL:-}" ]; then

@@ -143,3 +143,16 @@ def test_a_directory_given_by_the_operator_is_cleared_of_old_metrics_only(live_s
     ingest(second, keys.ingest, [meter(0, meter_id="MTR-B")])
     assert total(scrape(second), INSERTED, outcome="inserted") == 1
     assert (metrics_dir / "README").read_text() == "not ours"
+
+
+def test_a_worker_file_not_yet_sized_does_not_fail_the_scrape(live_server_factory, keys: Keys,
+                                                              tmp_path: Path) -> None:
+    """A worker creates its metrics file before it sizes it; a scrape in that instant reads an empty
+    file (prometheus_client's struct.error, a 500 through Litestar's own controller)."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = live_server_factory(workers=2, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    ingest(server, keys.ingest, [meter(i, meter_id="MTR-A") for i in range(3)])
+    (metrics_dir / "counter_999999999.db").touch()  # created, not yet sized
+    (metrics_dir / "gauge_all_999999999.db").touch()
+    assert [total(scrape(server), INSERTED, outcome="inserted") for _ in range(SCRAPES)] == [3] * SCRAPES

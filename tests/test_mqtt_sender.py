@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 
 import msgspec
 import nats
+import psutil
 import pytest
 
 from api.settings import Settings
@@ -48,7 +50,7 @@ def logged_readings(nats_server: NatsServer) -> list[tuple[str, str]]:
             js = nc.jetstream()
             state = (await js.stream_info("TELEMETRY")).state
             found = []
-            for seq in range(state.first_seq, state.last_seq + 1):
+            for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
                 reading = msgspec.json.decode((await js.get_msg("TELEMETRY", seq)).data)
                 found.append((reading["meterId"], reading["timestamp"]))
             return found
@@ -114,6 +116,52 @@ def test_every_reading_is_accepted_at_its_puback(mqtt_broker: NatsServer) -> Non
     assert publisher.stats.failed == 0 and "reconnects" not in publisher.stats.statuses
     assert len(publisher.stats.latencies) == len(readings) and min(publisher.stats.latencies) > 0
     assert sorted(logged_readings(mqtt_broker)) == sorted((r["meterId"], r["timestamp"]) for r in readings)
+
+
+def test_the_stop_first_closes_the_devices_connections_and_refuses_them(mqtt_broker: NatsServer) -> None:
+    """NATS acknowledges a QoS 1 message once its own $MQTT_msgs copy is stored, and at shutdown stops
+    its streams one by one while MQTT connections are open: a device still connected then could have a
+    message acknowledged that the telemetry stream, stopped first, never stored. So the stop's first
+    step closes the devices' connections and refuses them; the service user (API, writers) goes on."""
+    device = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_broker.mqtt_port), "-q", "1",
+                               "-u", KEY.split("_")[1], "-P", KEY, "-t", "telemetry/meters/MTR-00001", "-l"],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    readings = meter_readings(3)
+    try:
+        device.stdin.write(json.dumps(readings[0]).encode() + b"\n")
+        device.stdin.flush()
+        deadline = time.monotonic() + 10
+        while not logged_readings(mqtt_broker) and time.monotonic() < deadline:  # connected, published
+            time.sleep(0.1)
+        connected = lambda: [c for c in psutil.Process(device.pid).net_connections("tcp")  # noqa: E731
+                             if c.status == psutil.CONN_ESTABLISHED and c.raddr.port == mqtt_broker.mqtt_port]
+        assert connected() and len(logged_readings(mqtt_broker)) == 1
+
+        mqtt_broker.close_mqtt()
+        assert not connected()  # closed by the broker, before any stop
+        again = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_broker.mqtt_port), "-q", "1",
+                                "-u", KEY.split("_")[1], "-P", KEY, "-t", "telemetry/meters/MTR-00001",
+                                "-m", json.dumps(readings[1])], capture_output=True, text=True, timeout=10)
+        assert again.returncode != 0 and "not authorised" in again.stderr  # a connect is refused
+
+        async def publish_as_service() -> None:  # the API's and the writers' user still works
+            nc = await nats.connect(mqtt_broker.url)
+            try:
+                await nc.jetstream().publish("telemetry.meters.p256.1", json.dumps(readings[2]).encode())
+            finally:
+                await nc.close()
+
+        asyncio.run(publish_as_service())
+        assert sorted(logged_readings(mqtt_broker)) == [(r["meterId"], r["timestamp"])
+                                                        for r in (readings[0], readings[2])]
+    finally:
+        device.kill()
+        device.communicate()
+    mqtt_broker.stop()
+    mqtt_broker.start()  # devices are let in again
+    publisher = MqttPublisher(f"mqtt://127.0.0.1:{mqtt_broker.mqtt_port}", KEY, connections=1)
+    publish_all(publisher, readings[1:2])
+    assert publisher.stats.accepted == 1 and len(logged_readings(mqtt_broker)) == 3
 
 
 @pytest.mark.slow

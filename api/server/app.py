@@ -12,7 +12,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from api.db.pool import create_pool
 from api.db.replica import read_replica
@@ -29,6 +29,7 @@ from api.server.errors import EXCEPTION_HANDLERS
 from api.server.fleetinfo import FleetInfoController
 from api.server.health import HealthController
 from api.server.keys import KeyController
+from api.server.metrics import MetricsController
 from api.server.security import OPEN_PATHS, SECURITY_SCHEME, ApiKeyAuthentication
 from api.server.telemetry import TelemetryController
 from api.server.webhooks import WebhookController
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     prometheus = PrometheusConfig(app_name="telemetry", group_path=True, exclude=["/metrics", "/health"])
     app = Litestar(
-        route_handlers=[HealthController, PrometheusController, TelemetryController, DeviceController,
+        route_handlers=[HealthController, MetricsController, TelemetryController, DeviceController,
                         AnalyticsController, KeyController, EnergyGridController, AlertController, WebhookController,
                         FleetInfoController, DashboardController],
         lifespan=[database, log, ApiKeyAuthentication.lifespan(settings), read_replica],

@@ -52,7 +52,12 @@ class NatsServer:
         self.url = re.fullmatch(r"NATS_URL=(\S+)", last)[1]
 
     def stop(self) -> None:
+        """The devices shut out first (`close_mqtt`), then SIGTERM."""
         self._script("stop")
+
+    def close_mqtt(self) -> None:
+        """Closes the MQTT devices' connections and refuses them until the next start."""
+        self._script("close-mqtt")
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown."""

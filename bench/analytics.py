@@ -24,7 +24,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from api.server import analytics
-from api.ops.maintenance import run_refresh_policies
+from api.ops.maintenance import refresh_jobs, run_refresh_policies
 from bench.env import ApiProcess, create_key, edition, fresh_database
 from bench.ingest import percentile
 
@@ -258,11 +258,6 @@ SELECT * FROM telemetry.vehicle_performance(('EV-' || lpad(:v::text, 5, '0'))::v
             "client_cpu_us_per_request": {name: round(cpu / max(n, 1) * 1e6) for name, (cpu, n) in client.items()}}
 
 
-# The refresh job's margin (its config, sql/versioned/0016_refresh_every_minute.community.sql): a slot is
-# materialized at the first run once it is closed by that much.
-_REFRESH_MARGIN = """SELECT (config ->> 'margin')::interval
-                     FROM timescaledb_information.jobs
-                     WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'"""
 _MARKS = """SELECT telemetry.aggregate_watermark('telemetry.vehicle_energy_10m'),
                    telemetry.aggregate_watermark('telemetry.vehicle_energy_hourly'),
                    (SELECT built_to FROM telemetry.energy_running_range WHERE stream = 'vehicle')"""
@@ -309,7 +304,10 @@ def _fleet_before_refresh(url: str, window: dict, params: dict, repeats: int = 1
     # The watermarks are read at run time (telemetry.aggregate_watermark() is no constant the planner
     # could fold into a cached plan), so the queries see the staged ones; the staging is rolled back.
     with psycopg.connect(url, autocommit=True) as conn:
-        (margin,) = conn.execute(_REFRESH_MARGIN).fetchone()
+        # The refresh job's margin (sql/versioned/0016_refresh_every_minute.community.sql): a slot is
+        # materialized at the first run once it is closed by that much.
+        (job,) = refresh_jobs(conn)
+        margin = job["config"]["margin"]
         settled_marks = conn.execute(_MARKS).fetchone()
         settled = conn.execute(analytics.FLEET_SQL, query).fetchall()
         with conn.transaction(force_rollback=True):

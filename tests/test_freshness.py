@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
+from api.ops.maintenance import refresh_jobs
 from tests.fix_api import Keys
 from tests.fix_readings import iso
 
@@ -126,19 +127,17 @@ def test_the_refresh_materializes_a_slot_two_minutes_after_it_closes_and_younger
     assert _run_jobs_due_within_a_minute(conn) == (1 if edition == "community" else 0)
     after = datetime.now(UTC)
     if edition == "community":
-        assert conn.execute(
-            """SELECT config ->> 'margin' FROM timescaledb_information.jobs
-               WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'""").fetchall() == [
-            ("2 minutes",)]
+        assert [job["config"]["margin"] for job in refresh_jobs(conn)] == ["2 minutes"]
+        marks = {}
         for aggregate, width in (("telemetry.meter_energy_10m", timedelta(minutes=10)),
                                  ("telemetry.meter_energy_hourly", timedelta(hours=1))):
-            (mark,) = conn.execute("SELECT telemetry.aggregate_watermark(%s::regclass)", (aggregate,)).fetchone()
+            (marks[aggregate],) = conn.execute("SELECT telemetry.aggregate_watermark(%s::regclass)",
+                                               (aggregate,)).fetchone()
             closed = {conn.execute("SELECT time_bucket(%s, %s::timestamptz)", (width, t - timedelta(minutes=2))
                                    ).fetchone()[0] for t in (before, after)}
-            assert mark in closed, (aggregate, mark, closed)
+            assert marks[aggregate] in closed, (aggregate, marks[aggregate], closed)
         # Part of the readings is materialized now, the rest (at least the last 2 minutes) is not.
-        (slot_mark,) = conn.execute(
-            "SELECT telemetry.aggregate_watermark('telemetry.meter_energy_10m'::regclass)").fetchone()
+        slot_mark = marks["telemetry.meter_energy_10m"]
         (materialized,) = conn.execute(
             "SELECT coalesce(sum(kwh_consumed_ac), 0) FROM telemetry.meter_energy_10m_materialized"
             " WHERE meter_id = 'M-1'").fetchone()

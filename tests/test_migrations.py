@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from api.ops.maintenance import refresh_jobs
 from api.schema.migrations import MigrationError, check, migrate
 from tests.fix_db import SQL_DIR, Database
 
@@ -245,11 +246,8 @@ def test_policies_match_the_edition(conn: psycopg.Connection, edition: str) -> N
         by_kind.setdefault(proc, {})[relation] = config
     # One refresh job for every aggregate, in dependency order (0009), not a policy per aggregate.
     assert "policy_refresh_continuous_aggregate" not in by_kind
-    refresh = conn.execute(
-        """SELECT schedule_interval FROM timescaledb_information.jobs
-           WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'"""
-    ).fetchall()
-    assert [str(interval) for (interval,) in refresh] == ["0:01:00"]
+    assert [(str(job["schedule_interval"]), job["config"]) for job in refresh_jobs(conn)] == [
+        ("0:01:00", {"margin": "2 minutes"})]
     assert by_kind["policy_retention"]["meter_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_readings"]["drop_after"] == "30 days"
     assert by_kind["policy_retention"]["vehicle_energy_10m"]["drop_after"] == "30 days"

@@ -8,6 +8,7 @@ import asyncio
 import logging
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from api.settings import Settings
@@ -42,14 +43,20 @@ async def run_maintenance_periodically(pool: AsyncConnectionPool, settings: Sett
         await asyncio.sleep(settings.maintenance_interval_s)
 
 
+def refresh_jobs(conn: psycopg.Connection) -> list[dict]:
+    """The platform's refresh job of the continuous aggregates (one on the Community edition, none on
+    Apache): its job_id, schedule_interval and config (the margin a slot must be closed by)."""
+    return conn.cursor(row_factory=dict_row).execute(
+        """SELECT job_id, schedule_interval, config FROM timescaledb_information.jobs
+           WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates' ORDER BY job_id"""
+    ).fetchall()
+
+
 def run_refresh_policies(conn: psycopg.Connection) -> int:
     """Run the continuous-aggregate refresh job now, as the scheduler would (hourly aggregates first,
     then the six-hour and daily ones built on them). Returns how many jobs ran (0 on the Apache
     edition, whose aggregate tables the ingest keeps exact). `conn` must be in autocommit mode."""
-    jobs = conn.execute(
-        """SELECT job_id FROM timescaledb_information.jobs
-           WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates' ORDER BY job_id"""
-    ).fetchall()
-    for (job,) in jobs:
-        conn.execute("CALL run_job(%s)", (job,))
+    jobs = refresh_jobs(conn)
+    for job in jobs:
+        conn.execute("CALL run_job(%s)", (job["job_id"],))
     return len(jobs)

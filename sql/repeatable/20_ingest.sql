@@ -16,6 +16,16 @@ BEGIN
     ) ON COMMIT DELETE ROWS;
 END $$;
 
+-- Community: the hours whose running sums the refresh job may have built before the ingest's
+-- transaction commits end here; the ingest records those it writes into (telemetry.energy_running_dirty)
+-- and the job rebuilds them. Every closed hour, and the current one in its last 10 minutes: now() is
+-- the transaction's start, and the job builds an hour 2 minutes after it closes at the earliest, so
+-- only a transaction open for more than 12 minutes could miss one.
+CREATE OR REPLACE FUNCTION telemetry.running_sums_maybe_built_before() RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
+$$;
+
 CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, OUT duplicates bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -45,14 +55,9 @@ BEGIN
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
     ), dirty AS (
-        -- Community: hours whose running sums the refresh job may have built before this commits,
-        -- which it then rebuilds: every closed hour, and the current one in its last 10 minutes
-        -- (now() is the transaction's start; the job builds an hour 2 minutes after it closes at the
-        -- earliest, so only a transaction open for more than 12 minutes could miss it).
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'meter', time_bucket(INTERVAL '1 hour', time) FROM ins
-        WHERE time < time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
-          AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time < telemetry.running_sums_maybe_built_before() AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
     INTO inserted, staged
@@ -90,14 +95,9 @@ BEGIN
         ) h
         WHERE telemetry.aggregates_maintained_by_ingest()
     ), dirty AS (
-        -- Community: hours whose running sums the refresh job may have built before this commits,
-        -- which it then rebuilds: every closed hour, and the current one in its last 10 minutes
-        -- (now() is the transaction's start; the job builds an hour 2 minutes after it closes at the
-        -- earliest, so only a transaction open for more than 12 minutes could miss it).
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'vehicle', time_bucket(INTERVAL '1 hour', time) FROM ins
-        WHERE time < time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
-          AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time < telemetry.running_sums_maybe_built_before() AND NOT telemetry.aggregates_maintained_by_ingest()
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)
     INTO inserted, staged

@@ -168,6 +168,7 @@ class _Connection:
         self.connected = False
         self.closing = False
         self.refused = ""
+        self.given_up = False
         self.retry_s = 0.2
         self.mid = ctypes.c_int()
         self.mosq = self.lib.mosquitto_new(client_id.encode(), False, None)  # clean_session false
@@ -257,12 +258,23 @@ class _Connection:
             self.retry_s = min(self.retry_s * 2, 2.0)
             lib.mosquitto_reconnect(mosq)
 
-    def publish(self, chunk: list[Message]) -> None:
+    def publish(self, chunk: list[Message], give_up_s: float) -> None:
+        """Publishes the chunk, a window of WINDOW messages ahead of their PUBACKs. Once the broker has
+        acknowledged nothing for give_up_s while the window is full, this connection gives up: the rest
+        of its readings fail (what it sent stays pending, for wait_for_acknowledgements)."""
         lib, mosq, mid, pending = self.lib, self.mosq, self.mid, self.pending
         published = failed = 0
         for topic, payload, rows in chunk:
-            while len(pending) >= WINDOW:
-                self.step(0.1)
+            if len(pending) >= WINDOW and not self.given_up:
+                waiting_since = time.monotonic()
+                while len(pending) >= WINDOW:
+                    self.step(0.1)
+                    if time.monotonic() - max(self.progress, waiting_since) > give_up_s:
+                        self.given_up = True
+                        break
+            if self.given_up:
+                failed += rows
+                continue
             published_at = time.monotonic()
             code = lib.mosquitto_publish(mosq, mid, topic.encode(), len(payload), payload, 1, False)
             published += rows
@@ -309,7 +321,7 @@ def _connection(index: int, broker: Broker, client_id: str, inbox: multiprocessi
             continue
         if chunk is None:
             break
-        connection.publish(chunk)
+        connection.publish(chunk, give_up_s)
     left = connection.wait_for_acknowledgements(give_up_s)
     counters[base + _FAILED] += left
     connection.close()

@@ -15,7 +15,9 @@ MQTT_PORT="${MQTT_PORT:-51883}"
 NATS_SERVER="${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
 PID_FILE="$NATS_DIR/nats.pid"
 
-running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
+# The server of the pid file, if it is still running (a stale pid may be another process's by now).
+running() { [ -f "$PID_FILE" ] && [ "$(cat "/proc/$(cat "$PID_FILE")/comm" 2>/dev/null)" = nats-server ]; }
+reloads() { grep -cs 'Reloaded server configuration' "$NATS_DIR/nats.log" || true; }
 
 # Devices are shut out before the server stops. NATS acknowledges an MQTT QoS 1 message once its own
 # $MQTT_msgs copy is stored, and at shutdown it stops its streams one by one while MQTT connections are
@@ -24,29 +26,37 @@ running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 # NATS closes the connections of the users it no longer has, and refuses them at connect. The API and
 # the writers (the service user) go on; the next start writes the whole configuration again.
 close_mqtt() {
-    local pid="$1" reloads
-    [ -s "$NATS_DIR/service-password" ] && grep -q '^include "auth.conf"$' "$NATS_DIR/nats.conf" || return 0
+    local pid="$1" before
+    [ -s "$NATS_DIR/service-password" ] && grep -qs '^include "auth.conf"$' "$NATS_DIR/nats.conf" || return 0
     (umask 077; printf 'authorization {\n  users = [\n    {user: "telemetry", password: "%s"}\n  ]\n}\n' \
         "$(cat "$NATS_DIR/service-password")" >"$NATS_DIR/service-only.conf")
     sed -i 's/^include "auth.conf"$/include "service-only.conf"/' "$NATS_DIR/nats.conf"
-    reloads="$(grep -c 'Reloaded server configuration' "$NATS_DIR/nats.log" || true)"
-    kill -HUP "$pid"
+    before="$(reloads)"
+    kill -HUP "$pid" 2>/dev/null || return 0  # gone meanwhile
     for _ in $(seq 50); do
-        [ "$(grep -c 'Reloaded server configuration' "$NATS_DIR/nats.log" || true)" -gt "$reloads" ] && break
+        if [ "$(reloads)" -gt "${before:-0}" ]; then
+            sleep 0.2  # a publish read just before the reload completes while JetStream is whole
+            return 0
+        fi
         sleep 0.1
     done
-    sleep 0.2  # a publish read just before the reload completes while JetStream is whole
+    echo "local-nats: NATS did not reload its configuration within 5 s; MQTT devices may still be connected" \
+        "(see $NATS_DIR/nats.log)" >&2
+    return 1
 }
 
 case "${1:-start}" in
 close-mqtt)
-    if running; then close_mqtt "$(cat "$PID_FILE")"; echo "local-nats: MQTT devices shut out until the next start"; fi
+    if running; then
+        close_mqtt "$(cat "$PID_FILE")"
+        echo "local-nats: MQTT devices shut out until the next start"
+    fi
     exit 0
     ;;
 stop)
     if running; then
         pid="$(cat "$PID_FILE")"
-        close_mqtt "$pid"
+        close_mqtt "$pid" || true  # stopped anyway; the message above says what may be lost
         kill "$pid"
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         echo "local-nats: stopped"
@@ -83,6 +93,8 @@ authorization {
 CONF
 )
 fi
+held=""
+if grep -qs '^include "service-only.conf"$' "$NATS_DIR/nats.conf"; then held=1; fi
 cat >"$NATS_DIR/nats.conf" <<CONF
 # Written by scripts/local-nats.sh: the project's local NATS server.
 server_name: "telemetry-local"
@@ -115,6 +127,9 @@ if ! running; then
         tail -n 20 "$NATS_DIR/nats.log" >&2 || true
         exit 1
     fi
+elif [ -n "$held" ]; then
+    kill -HUP "$(cat "$PID_FILE")"  # running with the devices shut out (close-mqtt): let them in again
+    echo "local-nats: MQTT devices let in again"
 fi
 URL="nats://telemetry:$PASSWORD@127.0.0.1:$NATS_PORT"
 (umask 077; echo "$URL" >"$NATS_DIR/url")

@@ -149,6 +149,16 @@ def test_the_refresh_materializes_a_slot_two_minutes_after_it_closes_and_younger
     assert consumed() == pytest.approx(total, rel=1e-12)
 
 
+def test_the_ingest_records_the_closed_hours_and_the_current_one_in_its_last_ten_minutes(
+        conn: psycopg.Connection) -> None:
+    """The rule the ingest applies at its transaction's start (the test below sees it at the time it runs)."""
+    hour = datetime(2026, 11, 24, 17, tzinfo=UTC)
+    for now, before in ((hour, hour), (hour + timedelta(minutes=49, seconds=59), hour),
+                        (hour + timedelta(minutes=50), hour + timedelta(hours=1)),
+                        (hour + timedelta(minutes=59, seconds=59), hour + timedelta(hours=1))):
+        assert conn.execute("SELECT telemetry.running_sums_maybe_built_before(%s)", (now,)).fetchone()[0] == before
+
+
 def test_a_reading_of_an_hour_that_closes_within_ten_minutes_is_recorded_for_the_running_sums(
         client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str) -> None:
     """The refresh job may build an hour's running sums 2 minutes after it closes, while a transaction

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +33,7 @@ def scrape(server: ApiProcess) -> list[tuple[str, dict[str, str], float]]:
     """One scrape over a new connection (so that any worker may answer): (sample, labels, value)."""
     response = httpx.get(f"{server.url}/metrics", timeout=10)
     assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST  # one charset: Prometheus 3 parses it strictly
     return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(response.text)
             for s in family.samples]
 

@@ -83,12 +83,14 @@ def test_a_broker_restart_while_publishing_delays_readings_and_loses_none(mqtt_b
     readings = meter_readings(12_000)
     publisher = MqttPublisher(f"mqtt://127.0.0.1:{mqtt_broker.mqtt_port}", KEY, connections=2, give_up_s=60)
     restarted = threading.Event()
+    stopped_conf: list[str] = []
 
     def restart_once_publishing() -> None:
         deadline = time.monotonic() + 60
         while publisher.stats.accepted < 2_000 and time.monotonic() < deadline:
             time.sleep(0.05)
         mqtt_broker.stop()
+        stopped_conf.append((mqtt_broker.dir / "nats.conf").read_text())
         time.sleep(1.5)
         mqtt_broker.start()
         restarted.set()
@@ -100,6 +102,7 @@ def test_a_broker_restart_while_publishing_delays_readings_and_loses_none(mqtt_b
 
     stats = publisher.stats
     assert restarted.is_set()
+    assert 'include "service-only.conf"' in stopped_conf[0]  # the stop shut the devices out first
     assert stats.statuses.get("reconnects", 0) >= 1  # every connection lost its broker once ...
     assert stats.failed == 0 and stats.accepted == stats.sent == len(readings)  # ... and nothing was lost
     assert len(stats.latencies) == len(readings)  # one latency a message, taken at its PUBACK
@@ -133,12 +136,13 @@ def test_the_stop_first_closes_the_devices_connections_and_refuses_them(mqtt_bro
         deadline = time.monotonic() + 10
         while not logged_readings(mqtt_broker) and time.monotonic() < deadline:  # connected, published
             time.sleep(0.1)
-        connected = lambda: [c for c in psutil.Process(device.pid).net_connections("tcp")  # noqa: E731
-                             if c.status == psutil.CONN_ESTABLISHED and c.raddr.port == mqtt_broker.mqtt_port]
-        assert connected() and len(logged_readings(mqtt_broker)) == 1
+        connections = lambda: {c.laddr.port for c in psutil.Process(device.pid).net_connections("tcp")  # noqa: E731
+                               if c.status == psutil.CONN_ESTABLISHED and c.raddr.port == mqtt_broker.mqtt_port}
+        (first,) = connections()
+        assert len(logged_readings(mqtt_broker)) == 1
 
         mqtt_broker.close_mqtt()
-        assert not connected()  # closed by the broker, before any stop
+        assert first not in connections()  # closed by the broker, before any stop (a reconnect is refused)
         again = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_broker.mqtt_port), "-q", "1",
                                 "-u", KEY.split("_")[1], "-P", KEY, "-t", "telemetry/meters/MTR-00001",
                                 "-m", json.dumps(readings[1])], capture_output=True, text=True, timeout=10)
@@ -157,11 +161,33 @@ def test_the_stop_first_closes_the_devices_connections_and_refuses_them(mqtt_bro
     finally:
         device.kill()
         device.communicate()
-    mqtt_broker.stop()
-    mqtt_broker.start()  # devices are let in again
+    mqtt_broker.start()  # still running: the devices are let in again
     publisher = MqttPublisher(f"mqtt://127.0.0.1:{mqtt_broker.mqtt_port}", KEY, connections=1)
     publish_all(publisher, readings[1:2])
     assert publisher.stats.accepted == 1 and len(logged_readings(mqtt_broker)) == 3
+
+
+def test_a_broker_that_shuts_the_devices_out_for_good_ends_the_run_with_the_rest_failed(
+        mqtt_broker: NatsServer) -> None:
+    readings = meter_readings(6_000)
+    publisher = MqttPublisher(f"mqtt://127.0.0.1:{mqtt_broker.mqtt_port}", KEY, connections=2, give_up_s=2)
+
+    def shut_out_once_publishing() -> None:
+        deadline = time.monotonic() + 60
+        while publisher.stats.accepted < 1_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mqtt_broker.close_mqtt()
+
+    closer = threading.Thread(target=shut_out_once_publishing)
+    closer.start()
+    started = time.monotonic()
+    publish_all(publisher, readings, pause_s=0.25)  # over about 3 s: the broker shuts them out meanwhile
+    closer.join()
+    stats = publisher.stats
+    assert time.monotonic() - started < 30  # no connection waits for ever on a full window
+    assert 1_000 <= stats.accepted < len(readings) and stats.accepted + stats.failed == stats.sent == len(readings)
+    logged = set(logged_readings(mqtt_broker))  # every acknowledged reading is in the log
+    assert len(logged) >= stats.accepted
 
 
 @pytest.mark.slow

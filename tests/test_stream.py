@@ -16,6 +16,7 @@ import nats
 import psycopg
 import pytest
 from nats.aio.msg import Msg
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.db.keys import create_key, split_key
 from api.readings import Limits
@@ -186,6 +187,7 @@ def test_async_http_readings_are_stored_once_by_the_writer(database, nats_server
     assert samples['telemetry_readings_total{outcome="inserted",stream="meters"}'] == 260
     assert samples["telemetry_stream_lag_seconds_count"] == 4  # one per message, the repeat not among them
     assert log_state(settings)["messages"] == 0  # a work queue: committed messages leave the log
+    assert httpx.get(f"{writer.url}/metrics").headers["content-type"] == CONTENT_TYPE_LATEST  # one charset
 
     # Without the header: the synchronous answer, unchanged.
     sync = post(stream_api, keys.ingest, "meters", meters(5, start=3000))

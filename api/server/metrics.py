@@ -46,4 +46,6 @@ class MetricsController(Controller):
         if directory:
             registry = CollectorRegistry()
             registry.register(WorkerFilesCollector(directory))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # The header as it is: a media type would get a second `charset` from Litestar, which strict
+        # parsers (Prometheus 3's) refuse.
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

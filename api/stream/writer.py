@@ -380,7 +380,7 @@ def _health_app(writer: Writer) -> Litestar:
 
     @get("/metrics", sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})  # as api.server.metrics
 
     return Litestar(route_handlers=[live, ready, metrics], openapi_config=None)
 

@@ -16,14 +16,17 @@ BEGIN
     ) ON COMMIT DELETE ROWS;
 END $$;
 
+DROP FUNCTION IF EXISTS telemetry.running_sums_maybe_built_before();  -- its first version took no argument
+
 -- Community: the hours whose running sums the refresh job may have built before the ingest's
 -- transaction commits end here; the ingest records those it writes into (telemetry.energy_running_dirty)
 -- and the job rebuilds them. Every closed hour, and the current one in its last 10 minutes: now() is
 -- the transaction's start, and the job builds an hour 2 minutes after it closes at the earliest, so
 -- only a transaction open for more than 12 minutes could miss one.
-CREATE OR REPLACE FUNCTION telemetry.running_sums_maybe_built_before() RETURNS timestamptz
+CREATE OR REPLACE FUNCTION telemetry.running_sums_maybe_built_before(p_now timestamptz DEFAULT now())
+RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    SELECT time_bucket(INTERVAL '1 hour', now() + INTERVAL '10 minutes')
+    SELECT time_bucket(INTERVAL '1 hour', p_now + INTERVAL '10 minutes')
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, OUT duplicates bigint)

@@ -16,7 +16,9 @@ NATS_SERVER="${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-serv
 PID_FILE="$NATS_DIR/nats.pid"
 
 # The server of the pid file, if it is still running (a stale pid may be another process's by now).
-running() { [ -f "$PID_FILE" ] && [ "$(cat "/proc/$(cat "$PID_FILE")/comm" 2>/dev/null)" = nats-server ]; }
+running() {
+    [ -f "$PID_FILE" ] && [ "$(cat "/proc/$(cat "$PID_FILE")/comm" 2>/dev/null)" = "$(basename "$NATS_SERVER" | cut -c1-15)" ]
+}
 reloads() { grep -cs 'Reloaded server configuration' "$NATS_DIR/nats.log" || true; }
 
 # Devices are shut out before the server stops. NATS acknowledges an MQTT QoS 1 message once its own

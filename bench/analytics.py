@@ -336,9 +336,7 @@ def _check_same_answers(url: str, windows: list[dict]) -> None:
         for w in windows:
             fast = conn.execute(analytics.PERFORMANCE_SQL, {**w, **thresholds}).fetchone()
             raw = conn.execute(RAW_PERFORMANCE, w).fetchone()
-            same = (fast[8], fast[9]) == (raw[4], raw[5]) and all(
-                abs(a - (b or 0.0)) <= 1e-9 * max(1.0, abs(b or 0.0)) for a, b in ((fast[3], raw[0]), (fast[4], raw[1])))
-            if not same:
+            if not _same((fast[8], fast[9], fast[3], fast[4]), (raw[4], raw[5], raw[0] or 0.0, raw[1] or 0.0)):
                 raise AssertionError(f"aggregate and raw answers differ for {w}: {fast} vs {raw}")
 
 

@@ -17,21 +17,21 @@ PID_FILE="$NATS_DIR/nats.pid"
 
 # The server of the pid file, if it is still running (a stale pid may be another process's by now).
 running() {
-    [ -f "$PID_FILE" ] && [ "$(cat "/proc/$(cat "$PID_FILE")/comm" 2>/dev/null)" = "$(basename "$NATS_SERVER" | cut -c1-15)" ]
+    [ -f "$PID_FILE" ] &&
+        [ "$(cat "/proc/$(cat "$PID_FILE")/comm" 2>/dev/null)" = "$(basename "$NATS_SERVER" | cut -c1-15)" ]
 }
 reloads() { grep -cs 'Reloaded server configuration' "$NATS_DIR/nats.log" || true; }
 
 # Devices are shut out before the server stops. NATS acknowledges an MQTT QoS 1 message once its own
 # $MQTT_msgs copy is stored, and at shutdown it stops its streams one by one while MQTT connections are
 # still open: a message arriving after TELEMETRY has stopped and before $MQTT_msgs has would be
-# acknowledged and not stored. So the configuration is first reloaded with the service user only:
-# NATS closes the connections of the users it no longer has, and refuses them at connect. The API and
-# the writers (the service user) go on; the next start writes the whole configuration again.
+# acknowledged and not stored. So the configuration is first reloaded with the service user only
+# (service-only.conf, written at start): NATS closes the connections of the users it no longer has,
+# and refuses them at connect. The API and the writers (the service user) go on; the next start
+# writes the whole configuration again.
 close_mqtt() {
     local pid="$1" before
-    [ -s "$NATS_DIR/service-password" ] && grep -qs '^include "auth.conf"$' "$NATS_DIR/nats.conf" || return 0
-    (umask 077; printf 'authorization {\n  users = [\n    {user: "telemetry", password: "%s"}\n  ]\n}\n' \
-        "$(cat "$NATS_DIR/service-password")" >"$NATS_DIR/service-only.conf")
+    [ -s "$NATS_DIR/service-only.conf" ] && grep -qs '^include "auth.conf"$' "$NATS_DIR/nats.conf" || return 0
     sed -i 's/^include "auth.conf"$/include "service-only.conf"/' "$NATS_DIR/nats.conf"
     before="$(reloads)"
     kill -HUP "$pid" 2>/dev/null || return 0  # gone meanwhile
@@ -85,8 +85,8 @@ if [ ! -s "$NATS_DIR/service-password" ]; then
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$NATS_DIR/service-password")
 fi
 PASSWORD="$(cat "$NATS_DIR/service-password")"
-if [ ! -s "$NATS_DIR/auth.conf" ]; then
-    (umask 077; cat >"$NATS_DIR/auth.conf" <<CONF
+# The service user alone: the first users file, and what close-mqtt reloads to shut the devices out.
+(umask 077; cat >"$NATS_DIR/service-only.conf" <<CONF
 authorization {
   users = [
     {user: "telemetry", password: "$PASSWORD"}
@@ -94,6 +94,8 @@ authorization {
 }
 CONF
 )
+if [ ! -s "$NATS_DIR/auth.conf" ]; then
+    (umask 077; cp "$NATS_DIR/service-only.conf" "$NATS_DIR/auth.conf")
 fi
 held=""
 if grep -qs '^include "service-only.conf"$' "$NATS_DIR/nats.conf"; then held=1; fi

@@ -32,9 +32,15 @@ from bench.env import ApiProcess, create_key, fresh_database
 
 STREAM = "TELEMETRY"  # the log's stream under the default settings (STREAM_NAME)
 DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not drop each other's
-# (label, transport, writers)
-PATHS = [("sync HTTP", "http", 0), ("async HTTP, 1 writer", "http-async", 1), ("async HTTP, 2 writers", "http-async", 2),
-         ("MQTT, 1 writer", "mqtt", 1), ("MQTT, 2 writers", "mqtt", 2)]
+# Minutes of readings an MQTT device publishes as one array in the second pair of MQTT runs: meters that
+# report a load profile every few minutes (or every 15) rather than each reading as it is taken.
+REPORT_EVERY = 5
+# (label, transport, writers, minutes a device's MQTT message holds)
+PATHS = [("sync HTTP", "http", 0, 1), ("async HTTP, 1 writer", "http-async", 1, 1),
+         ("async HTTP, 2 writers", "http-async", 2, 1),
+         ("MQTT, 1 writer", "mqtt", 1, 1), ("MQTT, 2 writers", "mqtt", 2, 1),
+         (f"MQTT, {REPORT_EVERY}-minute arrays, 1 writer", "mqtt", 1, REPORT_EVERY),
+         (f"MQTT, {REPORT_EVERY}-minute arrays, 2 writers", "mqtt", 2, REPORT_EVERY)]
 
 
 ROLES = ("NATS", "writers", "PostgreSQL", "API", "devices (load generator)", "other")
@@ -174,13 +180,15 @@ def _ingest_key(url: str, nats_server: NatsServer) -> str:
 
 
 def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, transport: str, devices: int,
-             speedup: float, duration: str, batch_size: int, concurrency: int, tmp: Path) -> dict:
+             speedup: float, duration: str, batch_size: int, concurrency: int, tmp: Path, report_every: int = 1) -> dict:
     report = tmp / f"{transport}.json"
     command = [sys.executable, "-m", "loadgen", "simulate", "--url", api.url, "--api-key", key,
                "--meters", str(devices), "--vehicles", str(devices), "--speedup", str(speedup),
                "--duration", duration, "--batch-size", str(batch_size), "--concurrency", str(concurrency),
                "--transport", transport, "--mqtt-url", f"mqtt://127.0.0.1:{nats_server.mqtt_port}",
                "--nats-url", nats_server.url, "--verify", "--database-url", url, "--report", str(report)]
+    if report_every > 1:
+        command += ["--report-every", str(report_every)]
     finished = subprocess.run(command, check=False)
     result = json.loads(report.read_text()) if report.exists() else {"error": "no report"}
     result["exit_status"] = finished.returncode
@@ -188,7 +196,7 @@ def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, trans
 
 
 def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: int, speedup: float, duration: str,
-              batch_size: int, concurrency: int, tmp: Path) -> dict:
+              batch_size: int, concurrency: int, tmp: Path, report_every: int = 1) -> dict:
     url = fresh_database(DATABASE)
     key = _ingest_key(url, nats_server)
     procs = [WriterProcess(url, nats_server.url) for _ in range(writers)]
@@ -197,7 +205,7 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
                         ALERT_INTERVAL_S="0") as api:
             with CpuByRole() as cpu:
                 run = _loadgen(api, key, url, nats_server, transport, devices, speedup, duration, batch_size,
-                               concurrency, tmp)
+                               concurrency, tmp, report_every)
         lag = lag_quantiles([w.metrics() for w in procs]) if procs else None
     finally:
         for w in procs:
@@ -207,7 +215,7 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
     elapsed = run.get("elapsed_s", 0.0) + drain_s
     verification = run.get("verification", {})
     return {
-        "transport": transport, "writers": writers, "sent": run.get("sent"), "failed": run.get("failed"),
+        "transport": transport, "writers": writers, "report_every_min": report_every, "sent": run.get("sent"), "failed": run.get("failed"),
         "errors_by_status": run.get("errors_by_status"), "sender_rows_per_s": run.get("rows_per_s"),
         "stored": stored, "drain_after_run_s": drain_s,
         "stored_rows_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
@@ -481,17 +489,17 @@ async def _ack_backlog(nats_server: NatsServer, limit_s: float = 300.0) -> tuple
 
 def run(devices: int, speedup: float, duration: str, batch_size: int, concurrency: int, mqtt_connections: int,
         outage_duration: str, outage_at_s: float = 15.0, outage_s: float = 20.0,
-        paths: list[tuple[str, str, int]] | None = None) -> dict:
+        paths: list[tuple[str, str, int, int]] | None = None) -> dict:
     result: dict = {"devices": 2 * devices, "speedup": speedup, "duration": duration, "batch_size": batch_size,
                     "concurrency": concurrency, "mqtt_connections": mqtt_connections,
                     "target_rows_per_s": round(2 * devices * speedup / 60, 1), "paths": []}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         nats_server = NatsServer(Path(tmp) / "nats")
         try:
-            for label, transport, writers in paths or PATHS:
+            for label, transport, writers, report_every in paths or PATHS:
                 print(f"stream: {label} ...", flush=True)
                 figures = _one_path(nats_server, transport, writers, devices, speedup, duration, batch_size,
-                                    mqtt_connections if transport == "mqtt" else concurrency, Path(tmp))
+                                    mqtt_connections if transport == "mqtt" else concurrency, Path(tmp), report_every)
                 result["paths"].append({"path": label, **figures})
             sync = next((p for p in result["paths"] if p["transport"] == "http"), None)
             for p in result["paths"]:

@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
                               "the batch; mqtt: QoS 1 to each device's topic, accepted at PUBACK")
         sub.add_argument("--mqtt-url", default=os.environ.get("MQTT_URL", "mqtt://127.0.0.1:51883"),
                          help="the broker, for --transport mqtt (or MQTT_URL); --concurrency connections")
+        if name == "simulate":
+            sub.add_argument("--report-every", type=int, default=1, metavar="MINUTES",
+                             help="--transport mqtt: each device publishes its readings of that many simulated "
+                                  "minutes as one array (at most --batch-size readings), once every that many "
+                                  "minutes, as meters that report load profiles do (default 1: each reading as "
+                                  "it is taken)")
         sub.add_argument("--nats-url", default=os.environ.get("NATS_URL"),
                          help="for --verify with an asynchronous transport: where the writers' backlog is read "
                               "(or NATS_URL)")
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             late_rate=args.late_rate, silent_rate=args.silent_rate,
             alert_window_s=parse_duration(args.alert_window), alert_silence_s=parse_duration(args.alert_silence),
             report_path=args.report, verify=args.verify, database_url=args.database_url, transport=args.transport,
-            mqtt_url=args.mqtt_url, nats_url=args.nats_url, drain_timeout_s=parse_duration(args.drain_timeout)))
+            mqtt_url=args.mqtt_url, report_every=getattr(args, "report_every", 1), nats_url=args.nats_url, drain_timeout_s=parse_duration(args.drain_timeout)))
         failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
         return 1 if failed else 0
     if args.command == "energygrid-mock":

@@ -1,5 +1,5 @@
-"""Publishes readings over MQTT 3.1.1 with QoS 1, as devices do: each reading (or, in a backfill, an
-array of one device's readings) to its device's topic, over several connections, each in a process of
+"""Publishes readings over MQTT 3.1.1 with QoS 1, as devices do: each reading (or an array of one device's
+readings: a backfill, or devices that report every few minutes) to its device's topic, over several connections, each in a process of
 its own driving libmosquitto, the C client library (Debian's libmosquitto1), through ctypes: a pure
 Python client spends a core on a few thousand messages a second. A reading counts as accepted when the
 broker's PUBACK for its message arrived; the session is not clean, and libmosquitto keeps every
@@ -56,7 +56,7 @@ Message = tuple[str, bytes, int]
 
 def encode_messages(readings: Iterable[dict], per_message: int = 1) -> list[tuple[list[Message], int]]:
     """Readings as MQTT messages in chunks of (messages, readings): one reading a message, or up to
-    `per_message` readings of one device in an array (a backfill)."""
+    `per_message` readings of one device in an array (a backfill, a device's minutes)."""
     messages: list[Message] = []
     if per_message <= 1:
         messages = [(topic_for(r), msgspec.json.encode(r), 1) for r in readings]

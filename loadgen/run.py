@@ -57,6 +57,9 @@ class RunOptions:
     transport: str = "http"
     """http (200 after commit), http-async (Prefer: respond-async, 202 once logged) or mqtt (QoS 1)."""
     mqtt_url: str = DEFAULT_MQTT_URL
+    report_every: int = 1
+    """A simulation over MQTT: minutes of readings a device publishes as one array, once every that many
+    minutes (1: each reading as it is taken)."""
     nats_url: str | None = None
     """For --verify with an asynchronous transport: where to watch the writers drain the log."""
     drain_timeout_s: float = 300.0
@@ -77,6 +80,8 @@ def parse_duration(text: str) -> float:
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
     if opts.verify and opts.asynchronous and not opts.nats_url:
         raise SystemExit("--verify after an asynchronous run waits for the writers: it needs the NATS URL")
+    if opts.report_every < 1 or (opts.report_every > 1 and (opts.transport != "mqtt" or opts.mode != "simulate")):
+        raise SystemExit("--report-every is a simulation over MQTT's: a positive number of minutes")
     fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate, first=opts.first_device)
     numbers = range(opts.first_device, opts.first_device + opts.devices)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)
@@ -91,8 +96,10 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         minutes = max(1, math.ceil(opts.duration_s * opts.speedup / 60))
         minute_wall = 60.0 / opts.speedup
         # The simulated clock ends at the wall clock's end (or just before it, on a whole minute), so
-        # no timestamp is ever in the future.
-        start = (now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes)).replace(second=0)
+        # no timestamp is ever in the future; devices that report every N minutes send a minute's
+        # reading up to N - 1 minutes early in the run's schedule, so their clock ends that much sooner.
+        start = (now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes + opts.report_every - 1)
+                 ).replace(second=0)
     end = start + timedelta(minutes=minutes)
     fleet.silent_from = minutes // 2
 
@@ -103,9 +110,12 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             raise SystemExit(f"registering the vehicle-to-meter links failed: {response.status_code} {response.text}")
     if opts.transport == "mqtt":
         publisher = MqttPublisher(opts.mqtt_url, opts.api_key, opts.concurrency)
-    # A backfill over MQTT sends a device's readings of several minutes as one array: one step is that
-    # many minutes. Otherwise a step is one minute.
-    minutes_per_step = min(opts.batch_size, 60) if opts.transport == "mqtt" and opts.mode == "backfill" else 1
+    # A backfill over MQTT sends a device's readings of several minutes as one array, and so does a
+    # simulation of devices that report every few minutes: one step is that many minutes, a device's
+    # readings of the step one message. Otherwise a step is one minute.
+    minutes_per_step = opts.report_every
+    if opts.transport == "mqtt" and opts.mode == "backfill":
+        minutes_per_step = min(opts.batch_size, 60)
 
     generated: dict[str, tuple[int, float]] = {}
     # AC of charging minutes near the end of the run, per meter, for the faulty_charger alerts'
@@ -145,8 +155,8 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
             if step + 1 < steps:  # the next step is prepared while this one goes out
                 upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
             for s, (body, rows) in enumerate(batches):
-                if minute_wall:  # spread the minute's readings over the minute, as devices would
-                    due = t0 + (step + s / len(batches)) * minute_wall
+                if minute_wall:  # spread the step's readings over its minutes, as devices would
+                    due = t0 + (step + s / len(batches)) * minutes_per_step * minute_wall
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 await publisher.submit(body, rows)
             st = publisher.stats

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from loadgen.fleet import Fleet, Mess
-from loadgen.run import parse_duration, run
+from loadgen.run import RunOptions, parse_duration, run
 from loadgen.sender import JITTER_S, Sender, Stats
 from tests.fix_loadgen import loadgen_options
 
@@ -73,6 +73,17 @@ def test_mess_comes_at_the_requested_rates_and_drops_nothing() -> None:
 def test_durations_parse() -> None:
     assert (parse_duration("90s"), parse_duration("10m"), parse_duration("1h"), parse_duration("5")) == (
         90, 600, 3600, 5)
+
+
+@pytest.mark.parametrize("overrides", [{"transport": "http"}, {"transport": "http-async"},
+                                       {"transport": "mqtt", "mode": "backfill"}, {"report_every": 0}])
+def test_reporting_every_few_minutes_is_a_simulation_over_mqtt_only(overrides) -> None:
+    """--report-every groups a device's minutes into one MQTT message; anywhere else it is refused before
+    anything is sent (the options point at no server)."""
+    options = {"url": "http://127.0.0.1:9", "api_key": "etk_x_y", "mode": "simulate", "transport": "mqtt",
+               "report_every": 5, **overrides}
+    with pytest.raises(SystemExit, match="--report-every"):
+        run(RunOptions(**options), Console(quiet=True))
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
@@ -46,16 +47,18 @@ def stored_readings(database, first: int, devices: int) -> int:
 
 
 @pytest.mark.parametrize(("transport", "mode"), [("http-async", "simulate"), ("mqtt", "simulate"),
-                                                 ("mqtt", "backfill")])
+                                                 ("mqtt", "simulate every 5 min"), ("mqtt", "backfill")])
 def test_readings_sent_through_the_log_are_stored_exactly_once(transport, mode, database, nats_server,
                                                                writer_factory, live_server_factory) -> None:
     """40 + 40 devices with repeats, shuffles and late readings; a backfill over MQTT sends each device's
-    readings in arrays of up to 30."""
+    readings in arrays of up to 30, and so do devices that report every 5 minutes (arrays of their 5
+    minutes, with their repeats and late readings)."""
     server = live_server_factory(NATS_URL=nats_server.url)
     writer_factory()
     key = mqtt_key(database, nats_server)
-    shape = ({"mode": "simulate", "speedup": 1800, "duration_s": 4} if mode == "simulate"
-             else {"mode": "backfill", "hours": 2, "batch_size": 30})
+    shape = {"simulate": {"mode": "simulate", "speedup": 1800, "duration_s": 4},
+             "simulate every 5 min": {"mode": "simulate", "speedup": 1800, "duration_s": 4, "report_every": 5},
+             "backfill": {"mode": "backfill", "hours": 2, "batch_size": 30}}[mode]
     report = run(stream_options(server, database, nats_server, key, transport, **shape), Console(quiet=True))
 
     minutes = report["minutes"]
@@ -65,8 +68,16 @@ def test_readings_sent_through_the_log_are_stored_exactly_once(transport, mode, 
     assert report["accepted"] == report["sent"] > 40 * 2 * minutes  # the repeats were accepted too ...
     assert stored_readings(database, 0, 40) == 40 * 2 * minutes  # ... and stored once
     assert report["drain"]["drained"]
-    if transport == "mqtt":  # messages: one a reading, or in a backfill arrays of a device's readings
-        assert report["requests"] == report["sent"] if mode == "simulate" else report["requests"] < report["sent"] / 10
+    # MQTT messages: one a reading; a device's 5 minutes; in a backfill, arrays of a device's readings
+    if (transport, mode) == ("mqtt", "simulate"):
+        assert report["requests"] == report["sent"]
+    if mode == "backfill":
+        assert report["requests"] < report["sent"] / 10
+    if mode == "simulate every 5 min":  # one message a device every 5 minutes: 80 devices, 24 reports each
+        assert report["requests"] == 80 * 120 // 5
+        with database.connect() as conn:  # the clock ends 4 minutes early: no reading from the future
+            newest = conn.execute("SELECT max(time) FROM telemetry.meter_readings").fetchone()[0]
+        assert newest < datetime.fromisoformat(report["window"]["to"]) <= datetime.now(UTC)
 
 
 @pytest.mark.slow

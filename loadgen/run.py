@@ -81,7 +81,8 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
     if opts.verify and opts.asynchronous and not opts.nats_url:
         raise SystemExit("--verify after an asynchronous run waits for the writers: it needs the NATS URL")
     if opts.report_every < 1 or (opts.report_every > 1 and (opts.transport != "mqtt" or opts.mode != "simulate")):
-        raise SystemExit("--report-every is a simulation over MQTT's: a positive number of minutes")
+        raise SystemExit("--report-every applies to a simulation over MQTT only, "
+                         "and takes a positive number of minutes")
     fleet = Fleet(opts.devices, seed=opts.seed, silent_share=opts.silent_rate, first=opts.first_device)
     numbers = range(opts.first_device, opts.first_device + opts.devices)
     mess = Mess(opts.duplicate_rate, opts.out_of_order_rate, opts.late_rate, seed=opts.seed)

@@ -189,6 +189,7 @@ def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, trans
                "--nats-url", nats_server.url, "--verify", "--database-url", url, "--report", str(report)]
     if report_every > 1:
         command += ["--report-every", str(report_every)]
+    report.unlink(missing_ok=True)  # a run that writes none must not inherit the previous MQTT path's
     finished = subprocess.run(command, check=False)
     result = json.loads(report.read_text()) if report.exists() else {"error": "no report"}
     result["exit_status"] = finished.returncode

@@ -77,6 +77,14 @@ def parse_duration(text: str) -> float:
     return float(text)
 
 
+def send_offset(step: int, chunk: int, chunks: int, minutes: int, minutes_per_step: int, minute_wall: float) -> float:
+    """Seconds after the run's start at which a paced step's chunk goes out: the step's chunks spread
+    over the minutes it holds (the last step may hold fewer), so the run ends with its last minute."""
+    first = step * minutes_per_step
+    held = min(minutes, first + minutes_per_step) - first
+    return (first + chunk / chunks * held) * minute_wall
+
+
 async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], None] | None) -> dict:
     if opts.verify and opts.asynchronous and not opts.nats_url:
         raise SystemExit("--verify after an asynchronous run waits for the writers: it needs the NATS URL")
@@ -98,9 +106,10 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         minute_wall = 60.0 / opts.speedup
         # The simulated clock ends at the wall clock's end (or just before it, on a whole minute), so
         # no timestamp is ever in the future; devices that report every N minutes send a minute's
-        # reading up to N - 1 minutes early in the run's schedule, so their clock ends that much sooner.
-        start = (now + timedelta(seconds=opts.duration_s) - timedelta(minutes=minutes + opts.report_every - 1)
-                 ).replace(second=0)
+        # reading up to N - 1 simulated minutes early in the run's schedule (send_offset), so their
+        # clock ends that much sooner.
+        start = (now + timedelta(seconds=opts.duration_s - (opts.report_every - 1) * minute_wall)
+                 - timedelta(minutes=minutes)).replace(second=0, microsecond=0)
     end = start + timedelta(minutes=minutes)
     fleet.silent_from = minutes // 2
 
@@ -157,7 +166,7 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
                 upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
             for s, (body, rows) in enumerate(batches):
                 if minute_wall:  # spread the step's readings over its minutes, as devices would
-                    due = t0 + (step + s / len(batches)) * minutes_per_step * minute_wall
+                    due = t0 + send_offset(step, s, len(batches), minutes, minutes_per_step, minute_wall)
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 await publisher.submit(body, rows)
             st = publisher.stats

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from loadgen.fleet import Fleet, Mess
-from loadgen.run import RunOptions, parse_duration, run
+from loadgen.run import RunOptions, parse_duration, run, send_offset
 from loadgen.sender import JITTER_S, Sender, Stats
 from tests.fix_loadgen import loadgen_options
 
@@ -73,6 +73,25 @@ def test_mess_comes_at_the_requested_rates_and_drops_nothing() -> None:
 def test_durations_parse() -> None:
     assert (parse_duration("90s"), parse_duration("10m"), parse_duration("1h"), parse_duration("5")) == (
         90, 600, 3600, 5)
+
+
+@pytest.mark.parametrize("minute_wall", [60.0, 0.6])
+def test_a_paced_step_goes_out_within_its_minutes_and_never_ahead_of_the_shifted_clock(minute_wall) -> None:
+    """Devices that report every N minutes send a step's readings while its minutes pass: never before
+    the step's last minute minus N - 1 (the clock is shifted back that much), and, a short last step
+    too, before the run's end."""
+    for minutes in (1, 7, 12, 100):
+        for per_step in (1, 3, 5, 15):
+            steps = -(-minutes // per_step)
+            offsets = [send_offset(step, chunk, 4, minutes, per_step, minute_wall)
+                       for step in range(steps) for chunk in range(4)]
+            assert offsets == sorted(offsets)
+            assert offsets[-1] < minutes * minute_wall  # the last chunk within the run
+            for step in range(steps):
+                last_minute = min(minutes, (step + 1) * per_step) - 1
+                first_send = send_offset(step, 0, 4, minutes, per_step, minute_wall)
+                assert first_send >= (last_minute - (per_step - 1)) * minute_wall
+                assert send_offset(step, 3, 4, minutes, per_step, minute_wall) < (last_minute + 1) * minute_wall
 
 
 @pytest.mark.parametrize("overrides", [{"transport": "http"}, {"transport": "http-async"},

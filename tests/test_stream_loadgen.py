@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
@@ -75,9 +74,6 @@ def test_readings_sent_through_the_log_are_stored_exactly_once(transport, mode, 
         assert report["requests"] < report["sent"] / 10
     if mode == "simulate every 5 min":  # one message a device every 5 minutes: 80 devices, 24 reports each
         assert report["requests"] == 80 * 120 // 5
-        with database.connect() as conn:  # the clock ends 4 minutes early: no reading from the future
-            newest = conn.execute("SELECT max(time) FROM telemetry.meter_readings").fetchone()[0]
-        assert newest < datetime.fromisoformat(report["window"]["to"]) <= datetime.now(UTC)
 
 
 @pytest.mark.slow

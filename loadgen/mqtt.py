@@ -1,10 +1,11 @@
 """Publishes readings over MQTT 3.1.1 with QoS 1, as devices do: each reading (or an array of one device's
-readings: a backfill, or devices that report every few minutes) to its device's topic, over several connections, each in a process of
-its own driving libmosquitto, the C client library (Debian's libmosquitto1), through ctypes: a pure
-Python client spends a core on a few thousand messages a second. A reading counts as accepted when the
-broker's PUBACK for its message arrived; the session is not clean, and libmosquitto keeps every
-unacknowledged message and sends it again (DUP) after a reconnect, so a lost connection delays messages
-and loses none. What is still unacknowledged when the run gives up is counted failed."""
+readings: a backfill, or devices that report every few minutes) to its device's topic, over several
+connections, each in a process of its own driving libmosquitto, the C client library (Debian's
+libmosquitto1), through ctypes: a pure Python client spends a core on a few thousand messages a second.
+A reading counts as accepted when the broker's PUBACK for its message arrived; the session is not clean,
+and libmosquitto keeps every unacknowledged message and sends it again (DUP) after a reconnect, so a
+lost connection delays messages and loses none. What is still unacknowledged when the run gives up is
+counted failed."""
 
 from __future__ import annotations
 
@@ -394,6 +395,14 @@ class MqttPublisher:
         self.refresh()
         if fatal:
             raise SystemExit(f"MQTT: {fatal[0]}")
+
+    def abort(self) -> None:
+        """Ends the connections at once, whatever they still hold (a run that failed)."""
+        self._closed = True
+        for p in self.processes:
+            p.terminate()
+        for p in self.processes:
+            p.join(5)
 
     async def close(self) -> None:
         await self.drain()

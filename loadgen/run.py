@@ -154,31 +154,38 @@ async def _run(opts: RunOptions, console: Console, before_verify: Callable[[], N
         batches = [outgoing[i:i + opts.batch_size] for i in range(0, len(outgoing), opts.batch_size)]
         return [(msgspec.json.encode(batch), len(batch)) for batch in batches]
 
-    t0 = last_line = time.monotonic()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task(opts.mode, total=minutes, status="")
-        steps = math.ceil(minutes / minutes_per_step)
-        upcoming = asyncio.create_task(asyncio.to_thread(prepare, 0))
-        for step in range(steps):
-            batches = await upcoming
-            if step + 1 < steps:  # the next step is prepared while this one goes out
-                upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
-            for s, (body, rows) in enumerate(batches):
-                if minute_wall:  # spread the step's readings over its minutes, as devices would
-                    due = t0 + send_offset(step, s, len(batches), minutes, minutes_per_step, minute_wall)
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await publisher.submit(body, rows)
-            st = publisher.stats
-            outcome = (f"accepted {st.accepted:,}" if opts.asynchronous
-                       else f"inserted {st.inserted:,}  dup {st.duplicates:,}")
-            status = f"sent {st.sent:,}  {outcome}  rejected {st.rejected:,}  failed {st.failed:,}"
-            done = min(minutes, (step + 1) * minutes_per_step)
-            progress.update(task, completed=done, status=status)
-            if not console.is_terminal and time.monotonic() - last_line >= 10:  # logs, CI, containers
-                console.print(f"{opts.mode}: minute {done}/{minutes}, {status}")
-                last_line = time.monotonic()
-        await publisher.drain()
+    try:
+        t0 = last_line = time.monotonic()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} min"),
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(opts.mode, total=minutes, status="")
+            steps = math.ceil(minutes / minutes_per_step)
+            upcoming = asyncio.create_task(asyncio.to_thread(prepare, 0))
+            for step in range(steps):
+                batches = await upcoming
+                if step + 1 < steps:  # the next step is prepared while this one goes out
+                    upcoming = asyncio.create_task(asyncio.to_thread(prepare, step + 1))
+                for s, (body, rows) in enumerate(batches):
+                    if minute_wall:  # spread the step's readings over its minutes, as devices would
+                        due = t0 + send_offset(step, s, len(batches), minutes, minutes_per_step, minute_wall)
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await publisher.submit(body, rows)
+                st = publisher.stats
+                outcome = (f"accepted {st.accepted:,}" if opts.asynchronous
+                           else f"inserted {st.inserted:,}  dup {st.duplicates:,}")
+                status = f"sent {st.sent:,}  {outcome}  rejected {st.rejected:,}  failed {st.failed:,}"
+                done = min(minutes, (step + 1) * minutes_per_step)
+                progress.update(task, completed=done, status=status)
+                if not console.is_terminal and time.monotonic() - last_line >= 10:  # logs, CI, containers
+                    console.print(f"{opts.mode}: minute {done}/{minutes}, {status}")
+                    last_line = time.monotonic()
+            await publisher.drain()
+    except BaseException:  # a failed run leaves no connection (nor MQTT connection process) behind in its caller
+        if isinstance(publisher, MqttPublisher):
+            publisher.abort()
+        await sender.close()
+        raise
     report = {"mode": opts.mode, "transport": opts.transport, "devices": 2 * opts.devices, "minutes": minutes,
               "window": {"from": start.isoformat(), "to": end.isoformat()},
               **publisher.stats.report(opts.asynchronous),

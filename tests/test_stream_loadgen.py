@@ -4,6 +4,7 @@ ways in costs them nothing: no failed publish, no 5xx, and the backlog drains in
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from api.db.keys import create_key, split_key
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
+from loadgen.fleet import Fleet
 from loadgen.run import run
 from tests.fix_loadgen import loadgen_options
 
@@ -117,3 +119,21 @@ def test_a_20_s_database_outage_under_mqtt_and_async_http_loses_nothing(database
         assert report["verification"]["passed"], (transport, report["verification"]["problems"])
     assert stored_readings(database, 0, 50) == 50 * 2 * reports["mqtt"]["minutes"]
     assert stored_readings(database, 1000, 50) == 50 * 2 * reports["http-async"]["minutes"]
+
+
+def test_a_run_that_fails_leaves_no_mqtt_connection_behind(database, nats_server, live_server_factory,
+                                                           monkeypatch) -> None:
+    """The MQTT connections are processes of their own: a run that fails mid-way (here the readings'
+    generation) ends them before the error goes on, instead of leaving them connected in its caller; its
+    HTTP client is closed too (an unclosed socket would surface as a warning in a later test)."""
+    server = live_server_factory(NATS_URL=nats_server.url)
+    key = mqtt_key(database, nats_server)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the generator failed")
+
+    monkeypatch.setattr(Fleet, "minute", broken)
+    options = stream_options(server, database, nats_server, key, "mqtt", mode="simulate", speedup=1800, duration_s=4)
+    with pytest.raises(RuntimeError, match="the generator failed"):
+        run(options, Console(quiet=True))
+    assert [p.name for p in multiprocessing.active_children() if p.name.startswith("mqtt-")] == []

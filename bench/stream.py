@@ -180,7 +180,8 @@ def _ingest_key(url: str, nats_server: NatsServer) -> str:
 
 
 def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, transport: str, devices: int,
-             speedup: float, duration: str, batch_size: int, concurrency: int, tmp: Path, report_every: int = 1) -> dict:
+             speedup: float, duration: str, batch_size: int, concurrency: int, tmp: Path,
+             report_every: int = 1) -> dict:
     report = tmp / f"{transport}.json"
     command = [sys.executable, "-m", "loadgen", "simulate", "--url", api.url, "--api-key", key,
                "--meters", str(devices), "--vehicles", str(devices), "--speedup", str(speedup),
@@ -216,7 +217,8 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
     elapsed = run.get("elapsed_s", 0.0) + drain_s
     verification = run.get("verification", {})
     return {
-        "transport": transport, "writers": writers, "report_every_min": report_every, "sent": run.get("sent"), "failed": run.get("failed"),
+        "transport": transport, "writers": writers, "report_every_min": report_every, "sent": run.get("sent"),
+        "failed": run.get("failed"),
         "errors_by_status": run.get("errors_by_status"), "sender_rows_per_s": run.get("rows_per_s"),
         "stored": stored, "drain_after_run_s": drain_s,
         "stored_rows_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
@@ -500,7 +502,8 @@ def run(devices: int, speedup: float, duration: str, batch_size: int, concurrenc
             for label, transport, writers, report_every in paths or PATHS:
                 print(f"stream: {label} ...", flush=True)
                 figures = _one_path(nats_server, transport, writers, devices, speedup, duration, batch_size,
-                                    mqtt_connections if transport == "mqtt" else concurrency, Path(tmp), report_every)
+                                    mqtt_connections if transport == "mqtt" else concurrency, Path(tmp),
+                                    report_every)
                 result["paths"].append({"path": label, **figures})
             sync = next((p for p in result["paths"] if p["transport"] == "http"), None)
             for p in result["paths"]:

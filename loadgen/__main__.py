@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             late_rate=args.late_rate, silent_rate=args.silent_rate,
             alert_window_s=parse_duration(args.alert_window), alert_silence_s=parse_duration(args.alert_silence),
             report_path=args.report, verify=args.verify, database_url=args.database_url, transport=args.transport,
-            mqtt_url=args.mqtt_url, report_every=getattr(args, "report_every", 1), nats_url=args.nats_url, drain_timeout_s=parse_duration(args.drain_timeout)))
+            mqtt_url=args.mqtt_url, report_every=getattr(args, "report_every", 1), nats_url=args.nats_url,
+            drain_timeout_s=parse_duration(args.drain_timeout)))
         failed = report["failed"] or report["rejected"] or not report.get("verification", {"passed": True})["passed"]
         return 1 if failed else 0
     if args.command == "energygrid-mock":

@@ -36,6 +36,13 @@ class WorkerFilesCollector(Collector):
         return MultiProcessCollector.merge(files, accumulate=True)
 
 
+def prometheus_response(registry: CollectorRegistry = REGISTRY) -> Response:
+    """The registry's samples in Prometheus text, for the API's and the writer's /metrics. The header as
+    it is: a media type would get a second `charset` from Litestar, which strict parsers (Prometheus
+    3's) refuse."""
+    return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 class MetricsController(Controller):
     path = "/metrics"
 
@@ -46,6 +53,4 @@ class MetricsController(Controller):
         if directory:
             registry = CollectorRegistry()
             registry.register(WorkerFilesCollector(directory))
-        # The header as it is: a media type would get a second `charset` from Litestar, which strict
-        # parsers (Prometheus 3's) refuse.
-        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return prometheus_response(registry)

@@ -28,7 +28,7 @@ from litestar import Litestar, MediaType, Response, get
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.db.ingest import ingest_batch
@@ -36,6 +36,7 @@ from api.db.pool import create_pool
 from api.db.retention import RetentionCache
 from api.readings import (STREAMS, BadInput, Batch, Limits, check_device_ids, decoder, device_id, parse_body,
                           validate_batch)
+from api.server.metrics import prometheus_response
 from api.settings import Settings
 from api.stream.log import (CONSUMER, DEAD_LETTER_PREFIX, HEADER_ERROR, HEADER_SUBJECT, PARTITIONS, close,
                             connect, ensure_streams, partition_of)
@@ -380,7 +381,7 @@ def _health_app(writer: Writer) -> Litestar:
 
     @get("/metrics", sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})  # as api.server.metrics
+        return prometheus_response()
 
     return Litestar(route_handlers=[live, ready, metrics], openapi_config=None)
 

@@ -263,7 +263,9 @@ _MARKS = """SELECT telemetry.aggregate_watermark('telemetry.vehicle_energy_10m')
                    (SELECT built_to FROM telemetry.energy_running_range WHERE stream = 'vehicle')"""
 # Every aggregate's watermark set back to what the refresh job has materialized until the window's end
 # is closed by the margin (ten-minute rows to 10 minutes before it, hours to the hour before it, blocks
-# and days as far as closed by then), and the running sums with the hours.
+# and days as far as closed by then), and the running sums with the hours. The hours the running sums
+# no longer hold get their open-hour sums back as the job's fold in the hour's last minute and the
+# ingest since leave them: two rows per device and hour (its first 50 minutes and its last 10).
 _STAGE_BEFORE_REFRESH = ("""
 UPDATE _timescaledb_catalog.continuous_aggs_watermark w
 SET watermark = least(w.watermark, _timescaledb_functions.to_unix_microseconds(
@@ -274,7 +276,15 @@ FROM (VALUES ('10m', INTERVAL '10 minutes'), ('hourly', INTERVAL '1 hour'), ('6h
      _timescaledb_catalog.continuous_agg c
 WHERE c.user_view_schema = 'telemetry' AND c.user_view_name = s.stream || '_energy_' || a.suffix
   AND w.mat_hypertable_id = c.mat_hypertable_id
-""", """
+""", *(f"""
+INSERT INTO telemetry.{stream}_energy_open
+SELECT {stream}_id, time_bucket(INTERVAL '1 hour', bucket), sum({kwh}), sum({level}_sum), sum(readings)
+FROM telemetry.{stream}_energy_10m_materialized
+WHERE bucket >= time_bucket(INTERVAL '1 hour', %(end)s::timestamptz - %(margin)s::interval)
+  AND bucket < (SELECT built_to FROM telemetry.energy_running_range WHERE stream = '{stream}')
+GROUP BY 1, 2, bucket - time_bucket(INTERVAL '1 hour', bucket) >= INTERVAL '50 minutes'
+""" for stream, kwh, level in (("meter", "kwh_consumed_ac", "voltage"), ("vehicle", "kwh_delivered_dc", "battery_temp"))),
+"""
 UPDATE telemetry.energy_running_range
 SET built_to = greatest(built_from, least(built_to, time_bucket(INTERVAL '1 hour',
                                                                 %(end)s::timestamptz - %(margin)s::interval)))
@@ -294,9 +304,9 @@ def _same(a: object, b: object) -> bool:
 
 def _fleet_before_refresh(url: str, window: dict, params: dict, repeats: int = 10) -> dict:
     """The fleet over 24 whole hours ending at the last whole hour, as it reads in the first minutes
-    after that hour closes, before the refresh job has materialized it: its last hour from ten-minute
-    rows and the last ten minutes of raw readings. Staged inside a rolled-back transaction (Community
-    only); the answer must equal the one read from the running sums."""
+    after that hour closes, before the refresh job has materialized it: its last hour from the
+    open-hour sums. Staged inside a rolled-back transaction (Community only); the answer must equal
+    the one read from the running sums."""
     if edition(url) != "community":
         return {"skipped": "Apache edition: no refresh job, the aggregate tables are exact at once"}
     query = {**window, **params}

@@ -2,7 +2,8 @@
 -- per stream moves them into the hypertable. ON CONFLICT DO NOTHING makes a repeated reading a
 -- counted duplicate, never a second row; only newly inserted rows reach the current state (newest
 -- "time" wins, whatever the arrival order) and, on Apache, the aggregate tables (the batch's
--- ten-minute rows, which telemetry.add_*_energy roll up to the coarser levels).
+-- ten-minute rows, which telemetry.add_*_energy roll up to the coarser levels), on Community the
+-- open-hour sums (one row per device and hour of the batch) and the hours to rebuild.
 
 CREATE OR REPLACE FUNCTION telemetry.prepare_staging() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -27,6 +28,28 @@ CREATE OR REPLACE FUNCTION telemetry.running_sums_maybe_built_before(p_now times
 RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT time_bucket(INTERVAL '1 hour', p_now + INTERVAL '10 minutes')
+$$;
+
+-- Community: the first hour whose readings the ingest adds to the open-hour sums
+-- (versioned/0017_open_hour_energy.sql): the first one the running sums do not hold, but at most a day
+-- back, so that a refresh job that has not run yet (or is paused) leaves them a day of hours to keep.
+-- A reader uses them only where built_to is at or past telemetry.open_hours_complete_from(): every
+-- reading of an hour from built_to on is then in them, whatever built_to was when it was written (it
+-- only grows).
+CREATE OR REPLACE FUNCTION telemetry.open_hours_from(p_stream text, p_now timestamptz DEFAULT now())
+RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT greatest((SELECT r.built_to FROM telemetry.energy_running_range r WHERE r.stream = p_stream),
+                    time_bucket(INTERVAL '1 hour', p_now - INTERVAL '1 day'))
+$$;
+
+-- The first hour from which the open-hour sums hold every reading: a day back, and not before the
+-- ingest began to keep them (telemetry.open_hours_kept).
+CREATE OR REPLACE FUNCTION telemetry.open_hours_complete_from(p_now timestamptz DEFAULT now())
+RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT greatest((SELECT k.from_hour FROM telemetry.open_hours_kept k),
+                    time_bucket(INTERVAL '1 hour', p_now - INTERVAL '1 day'))
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, OUT duplicates bigint)
@@ -61,6 +84,12 @@ BEGIN
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'meter', time_bucket(INTERVAL '1 hour', time) FROM ins
         WHERE time < telemetry.running_sums_maybe_built_before() AND NOT telemetry.aggregates_maintained_by_ingest()
+    ), open AS (
+        INSERT INTO telemetry.meter_energy_open
+        SELECT meter_id, time_bucket(INTERVAL '1 hour', time), sum(kwh_consumed_ac), sum(voltage), count(*)
+        FROM ins
+        WHERE time >= telemetry.open_hours_from('meter') AND NOT telemetry.aggregates_maintained_by_ingest()
+        GROUP BY 1, 2
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
     INTO inserted, staged
@@ -101,9 +130,16 @@ BEGIN
         INSERT INTO telemetry.energy_running_dirty (stream, hour)
         SELECT DISTINCT 'vehicle', time_bucket(INTERVAL '1 hour', time) FROM ins
         WHERE time < telemetry.running_sums_maybe_built_before() AND NOT telemetry.aggregates_maintained_by_ingest()
+    ), open AS (
+        INSERT INTO telemetry.vehicle_energy_open
+        SELECT vehicle_id, time_bucket(INTERVAL '1 hour', time), sum(kwh_delivered_dc), sum(battery_temp), count(*)
+        FROM ins
+        WHERE time >= telemetry.open_hours_from('vehicle') AND NOT telemetry.aggregates_maintained_by_ingest()
+        GROUP BY 1, 2
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)
     INTO inserted, staged
     FROM (SELECT count(*) FROM energy) e;
     duplicates := staged - inserted;
 END $$;
+

@@ -104,6 +104,31 @@ BEGIN
     END IF;
 END $$;
 
+-- Folds each device's open-hour sums (versioned/0017_open_hour_energy.sql) of an hour into one row and
+-- drops the hours before telemetry.open_hours_from(), which the running sums hold (in the transaction
+-- that moved built_to past them), or which lie more than a day back. Rows that writers commit
+-- meanwhile are not visible to the DELETE and stay as they are: each reading is in exactly one row.
+CREATE OR REPLACE FUNCTION telemetry.compact_open_hours(p_stream text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format($q$
+        WITH gone AS (
+            DELETE FROM telemetry.%1$s_energy_open RETURNING *
+        )
+        INSERT INTO telemetry.%1$s_energy_open
+        SELECT %2$I, bucket, sum(%3$I), sum(%4$I), sum(readings)
+        FROM gone
+        WHERE bucket >= telemetry.open_hours_from(%1$L)
+        GROUP BY 1, 2
+        ORDER BY 2, 1$q$, p_stream, p_stream || '_id',
+        CASE p_stream WHEN 'meter' THEN 'kwh_consumed_ac' ELSE 'kwh_delivered_dc' END,
+        CASE p_stream WHEN 'meter' THEN 'voltage_sum' ELSE 'battery_temp_sum' END);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
 CREATE OR REPLACE PROCEDURE telemetry.refresh_energy_aggregates(job_id integer DEFAULT NULL, config jsonb DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -128,6 +153,8 @@ BEGIN
     END LOOP;
     PERFORM telemetry.update_energy_running('meter', seen);
     PERFORM telemetry.update_energy_running('vehicle', seen);
+    PERFORM telemetry.compact_open_hours('meter');
+    PERFORM telemetry.compact_open_hours('vehicle');
     DELETE FROM telemetry.energy_running_dirty WHERE id = ANY (seen);
     COMMIT;
     FOREACH agg IN ARRAY ARRAY['telemetry.meter_energy_6h', 'telemetry.vehicle_energy_6h',

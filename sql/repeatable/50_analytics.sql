@@ -58,10 +58,11 @@ DROP VIEW IF EXISTS telemetry.energy_readings, telemetry.energy_materialized, te
 -- tail_to[l]), each empty when its ends are equal.
 DROP TYPE IF EXISTS telemetry.window_cut CASCADE;
 -- Past the hourly level, the whole hours may instead be read as running sums (plus the rows at
--- run_plus, minus those at run_minus).
+-- run_plus, minus those at run_minus), and whole hours the running sums do not hold yet as the
+-- open-hour sums of open_hours (versioned/0017_open_hour_energy.sql).
 CREATE TYPE telemetry.window_cut AS (
     head_from timestamptz[], head_to timestamptz[], tail_from timestamptz[], tail_to timestamptz[],
-    run_plus timestamptz[], run_minus timestamptz[]);
+    run_plus timestamptz[], run_minus timestamptz[], open_hours timestamptz[]);
 
 -- The cuts of [p_from, p_to). Going up from level to level, the current ends x <= y move to the
 -- nearest boundaries X <= Y of the next level; W(x, X) and W(Y, y) stay at the current level, and
@@ -69,8 +70,17 @@ CREATE TYPE telemetry.window_cut AS (
 -- used when the ends would meet (a short window: climbing would read more than it saves), nor past
 -- what it has materialized: Y stays at or before its watermark and the current level's. Hourly
 -- series (p_coarse false) stop at hours.
+--
+-- With p_open (the fleet), a window that starts before the running sums end (built_to) and ends at
+-- least an hour after it reads the whole hours from built_to on as open-hour sums, one row per device
+-- and hour, and what follows its last whole hour from ten-minute rows and raw readings: the window
+-- ending at the hour that has just closed costs the same before the refresh job has built that hour
+-- as after. The open-hour sums are read only where they hold every reading (built_to at or past
+-- telemetry.open_hours_complete_from()), and not for the per-device paths, which reach their
+-- readings through the (device, time) indexes at no such cost.
 CREATE OR REPLACE FUNCTION telemetry.window_cuts(
-    p_stream text, p_from timestamptz, p_to timestamptz, p_coarse boolean DEFAULT true)
+    p_stream text, p_from timestamptz, p_to timestamptz, p_coarse boolean DEFAULT true,
+    p_open boolean DEFAULT false)
 RETURNS telemetry.window_cut
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -81,7 +91,7 @@ DECLARE
         ELSE ARRAY['telemetry.vehicle_energy_10m', 'telemetry.vehicle_energy_hourly',
                    'telemetry.vehicle_energy_6h', 'telemetry.vehicle_energy_daily']::regclass[] END;
     none timestamptz[] := array_fill(p_from, ARRAY[5]);
-    cut telemetry.window_cut := (none, none, none, none, '{}', '{}');
+    cut telemetry.window_cut := (none, none, none, none, '{}', '{}', '{}');
     running telemetry.energy_running_range;
     level integer := 1;  -- the level of x and y
     level_mark timestamptz := 'infinity';
@@ -92,6 +102,30 @@ DECLARE
     nx timestamptz;
     ny timestamptz;
 BEGIN
+    IF p_open AND p_coarse THEN
+        SELECT * INTO running FROM telemetry.energy_running_range WHERE stream = p_stream;
+        y := time_bucket(INTERVAL '1 hour', p_to);
+        mark := telemetry.aggregate_watermark(aggregates[1]);
+        IF p_from <= running.built_to AND y > running.built_to
+           AND running.built_to >= telemetry.open_hours_complete_from()
+           AND running.built_to <= least(mark, telemetry.aggregate_watermark(aggregates[2])) THEN
+            -- Up to built_to as usual: at its hour boundary, inside both watermarks, nothing of it
+            -- is read at the raw and ten-minute levels' tails, which then carry what follows y.
+            cut := telemetry.window_cuts(p_stream, p_from, running.built_to, p_coarse);
+            IF cut.tail_from[1] = cut.tail_to[1] AND cut.tail_from[2] = cut.tail_to[2] THEN
+                cut.open_hours := ARRAY(SELECT generate_series(running.built_to, y - INTERVAL '1 hour',
+                                                               INTERVAL '1 hour'));
+                mark := greatest(y, least(time_bucket(INTERVAL '10 minutes', p_to), mark));
+                cut.tail_from[2] := y;
+                cut.tail_to[2] := mark;
+                cut.tail_from[1] := mark;
+                cut.tail_to[1] := p_to;
+                RETURN cut;
+            END IF;
+            cut := (none, none, none, none, '{}', '{}', '{}');
+        END IF;
+        y := p_to;
+    END IF;
     FOR k IN 1 .. CASE WHEN p_coarse THEN 4 ELSE 2 END LOOP
         IF k = 3 AND level = 3 THEN
             -- The whole hours [x, y) from the running sums, where they are built: each day's last
@@ -224,6 +258,26 @@ BEGIN
                  AS s(stream, kwh, level),
              (VALUES (1, '(cut).run_plus'), (-1, '(cut).run_minus')) AS t(sign, points)
     ) running;
+    -- The open-hour sums: one branch per stream, rows of the hours of the cut, all added.
+    SELECT pieces || string_agg(format($b$
+    UNION ALL
+    SELECT x.%1$I::text, x.bucket, 1, x.%2$I, x.%3$I, x.readings::integer
+    FROM telemetry.%4$I x
+    WHERE %5$s$b$, id, kwh, level_sum, relation, filter), '' ORDER BY stream),
+           totals || string_agg(format($b$
+        UNION ALL
+        SELECT x.%1$I::text, x.%2$I, x.%3$I, x.readings::integer
+        FROM telemetry.%4$I x
+        WHERE %5$s$b$, id, kwh, level_sum, relation, filter), '' ORDER BY stream)
+    INTO pieces, totals
+    FROM (
+        SELECT s.stream, s.stream || '_id' AS id, s.kwh, s.level || '_sum' AS level_sum,
+               s.stream || '_energy_open' AS relation,
+               format('p_stream = %L AND cardinality((cut).open_hours) > 0 AND x.bucket = ANY ((cut).open_hours)',
+                      s.stream) AS filter
+        FROM (VALUES ('meter', 'kwh_consumed_ac', 'voltage'), ('vehicle', 'kwh_delivered_dc', 'battery_temp'))
+                 AS s(stream, kwh, level)
+    ) open_;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION telemetry.energy_pieces(p_stream text, cut telemetry.window_cut)
 RETURNS TABLE (device_id text, piece_start timestamptz, sign integer, kwh double precision,
@@ -373,8 +427,8 @@ DECLARE
     m telemetry.window_cut;
     v telemetry.window_cut;
 BEGIN
-    m := telemetry.window_cuts('meter', p_from, p_to);
-    v := telemetry.window_cuts('vehicle', p_from, p_to);
+    m := telemetry.window_cuts('meter', p_from, p_to, true, true);
+    v := telemetry.window_cuts('vehicle', p_from, p_to, true, true);
     RETURN QUERY
     WITH links AS MATERIALIZED (
         SELECT l.vehicle_id COLLATE "C" AS vehicle_id, l.meter_id COLLATE "C" AS meter_id, l.period_from,

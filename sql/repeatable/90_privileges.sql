@@ -23,14 +23,14 @@ DECLARE
     target record;
     -- What requests write: readings (and the hypertables' new chunks), current state, links, keys,
     -- on the Apache edition the aggregate tables the ingest keeps exact (on Community the hours whose
-    -- running sums the refresh job rebuilds), and the alerts, webhooks and
+    -- running sums the refresh job rebuilds and the open-hour sums), and the alerts, webhooks and
     -- their delivery outbox, which the API's evaluation and delivery loops keep.
     written text[] := ARRAY['meter_readings', 'vehicle_readings', 'energygrid_readings', 'meter_state',
                             'vehicle_state', 'vehicle_meter_links', 'api_keys', 'meter_energy_10m',
                             'vehicle_energy_10m', 'meter_energy_hourly',
                             'vehicle_energy_hourly', 'meter_energy_6h', 'vehicle_energy_6h',
-                            'meter_energy_daily', 'vehicle_energy_daily', 'energy_running_dirty', 'alerts', 'webhooks',
-                            'webhook_deliveries'];
+                            'meter_energy_daily', 'vehicle_energy_daily', 'energy_running_dirty',
+                            'meter_energy_open', 'vehicle_energy_open', 'alerts', 'webhooks', 'webhook_deliveries'];
 BEGIN
     FOR target IN
         SELECT c.oid::regclass AS rel, c.relkind IN ('r', 'p') AND c.relname = ANY (written) AS writes

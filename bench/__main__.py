@@ -69,6 +69,12 @@ def main() -> None:
             table.add_row(f"HTTP API, {s['batch_size']} a request", f"{s['http_rows_per_s']:,}",
                           str(s["http_request_p50_ms"]), str(s["http_request_p99_ms"]))
             table.add_row(f"ratio HTTP / direct, {s['batch_size']} a request", f"{s['ratio']:.0%}", "", "")
+        o = r["open_hours"]
+        if "skipped" not in o:
+            table.add_row(f"SQL path without the open-hour step ({o['batches']} x {o['batch_size']}, interleaved)",
+                          f"{o['rows_per_s_without']:,}", "", "")
+            table.add_row("SQL path with it (this release)", f"{o['rows_per_s_with']:,}", "", "")
+            table.add_row("ratio with / without", f"{o['ratio']:.0%}", "", "")
         console.print(table)
 
     if "analytics" in sections:

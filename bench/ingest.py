@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api.db.ingest import ingest_batch
 from api.readings import Batch, MeterReading, VehicleReading
-from bench.env import ApiProcess, create_key, fresh_database
+from bench.env import ApiProcess, create_key, edition, fresh_database
 
 
 @dataclass
@@ -28,8 +30,10 @@ class Workload:
 
 
 def build_workload(devices: int, minutes: int, batch_size: int) -> Workload:
-    """`devices` meters and as many vehicles, one reading a minute each, in batches of one stream."""
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
+    """`devices` meters and as many vehicles, one reading a minute each over the last `minutes` minutes
+    (as gateways send them: into the current hours, which the analytics have not built yet), in
+    batches of one stream."""
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes)
     meters = [MeterReading(f"MTR-{d:05d}", 0.05 + (d % 17) / 1000, 229.0 + d % 5, start + timedelta(minutes=m))
               for m in range(minutes) for d in range(devices)]
     vehicles = [VehicleReading(f"EV-{d:05d}", 20 + (m % 80), 0.045 + (d % 13) / 1000, 25 + d % 9,
@@ -157,9 +161,57 @@ def compare(devices: int, minutes: int, batch_size: int, concurrency: int, worke
     }
 
 
+# The step of the ingest functions that appends the open-hour sums (sql/repeatable/20_ingest.sql).
+_OPEN_STEP = re.compile(r"\), open AS \(\s*INSERT INTO telemetry\.\w+_energy_open\b.*?GROUP BY 1, 2\s*\)", re.S)
+
+
+def open_hours_cost(devices: int, batches: int, batch_size: int) -> dict:
+    """Ingest with and without the open-hour step, side by side: the direct SQL path (COPY into staging,
+    then the ingest function; one connection, one transaction a batch) of `batches` batches of meter
+    readings each, in one scratch database, alternating in random order. "Without" is the same ingest
+    function with that one step cut out, created as a temporary function. Community only (Apache keeps
+    no open-hour sums)."""
+    url = _scratch_database("open_hours")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if edition(url) != "community":
+                return {"skipped": "Apache edition: no open-hour sums"}
+            (definition,) = conn.execute(
+                "SELECT pg_get_functiondef('telemetry.ingest_meter_staging()'::regprocedure)").fetchone()
+            without, cut = _OPEN_STEP.subn(")", definition)
+            assert cut == 1, "the open-hour step of telemetry.ingest_meter_staging() was not found"
+            conn.execute(without.replace("telemetry.ingest_meter_staging", "pg_temp.ingest_meter_without_open_hours"))
+            conn.execute("SELECT telemetry.prepare_staging()")
+            functions = {"with": "telemetry.ingest_meter_staging", "without": "pg_temp.ingest_meter_without_open_hours"}
+            start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=batches)
+            seconds: dict[str, list[float]] = {side: [] for side in functions}
+            rng = random.Random(17)
+            for minute in range(batches):
+                for side in rng.sample(sorted(functions), 2):
+                    rows = [(f"{side}-{d:05d}", start + timedelta(minutes=minute), 0.05 + d % 17 / 1000, 230.0)
+                            for d in range(min(devices, batch_size))]
+                    t0 = time.perf_counter()
+                    with conn.transaction():
+                        with conn.cursor().copy("COPY pg_temp.meter_staging FROM STDIN") as copy:
+                            for row in rows:
+                                copy.write_row(row)
+                        conn.execute(f"SELECT * FROM {functions[side]}()")
+                    seconds[side].append(time.perf_counter() - t0)
+            (kept,) = conn.execute("SELECT sum(readings) FROM telemetry.meter_energy_open").fetchone()
+            assert kept == batches * len(rows), (kept, batches * len(rows))  # only the "with" side keeps them
+        rates = {side: len(rows) / statistics.median(values[5:]) for side, values in seconds.items()}
+        return {"batches": batches, "batch_size": len(rows),
+                "rows_per_s_without": round(rates["without"]), "rows_per_s_with": round(rates["with"]),
+                "ratio": round(rates["with"] / rates["without"], 3)}
+    finally:
+        _drop(url)
+
+
 def run(devices: int, minutes: int, batch_size: int, concurrency: int, workers: int, server: str) -> dict:
-    """The comparison at `batch_size` readings a request, and (under "small_batches") at SMALL_BATCH."""
+    """The comparison at `batch_size` readings a request, and (under "small_batches") at SMALL_BATCH;
+    the open-hour step's cost (under "open_hours")."""
     result = compare(devices, minutes, batch_size, concurrency, workers, server)
     if batch_size != SMALL_BATCH:
         result["small_batches"] = compare(devices, minutes, SMALL_BATCH, concurrency, workers, server)
+    result["open_hours"] = open_hours_cost(devices, 100, batch_size)
     return result

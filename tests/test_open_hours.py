@@ -16,8 +16,9 @@ import pytest
 from litestar.testing import TestClient
 
 from api.ops.maintenance import refresh_jobs, run_refresh_policies
+from api.schema.migrations import migrate
 from tests.fix_api import Keys
-from tests.fix_db import ingest_rows
+from tests.fix_db import SQL_DIR, ingest_rows
 from tests.fix_readings import iso
 from tests.fix_reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
 from tests.test_analytics import check_fleet, send
@@ -220,3 +221,24 @@ def test_before_the_first_build_the_ingest_keeps_a_day_of_hours(conn: psycopg.Co
     day_back = {(t - timedelta(days=1)).replace(minute=0, second=0, microsecond=0) for t in (now, datetime.now(UTC))}
     assert conn.execute("SELECT telemetry.open_hours_complete_from()").fetchone()[0] in day_back
     assert conn.execute("SELECT telemetry.open_hours_from('meter')").fetchone()[0] in day_back
+
+
+def test_an_upgrade_over_stored_readings_reads_open_hours_from_the_second_hour_after_it(database) -> None:
+    """A new database keeps them from the start; one that held readings when the upgrade created them
+    has no row for those readings, so they are read only from an hour no such reading can fall in
+    (writers still on the previous ingest functions send readings up to 5 minutes ahead)."""
+    with database.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT from_hour = '-infinity' FROM telemetry.open_hours_kept").fetchall() == [(True,)]
+        ingest_rows(conn, meters=[("M-1", datetime.now(UTC) - timedelta(minutes=1), 1.0, 230.0)])
+        # The database as it was before the upgrade: readings, no open-hour tables.
+        conn.execute("DELETE FROM telemetry.schema_migrations WHERE name = '0017_open_hour_energy.sql'")
+        conn.execute("DROP TABLE telemetry.meter_energy_open, telemetry.vehicle_energy_open, telemetry.open_hours_kept")
+    before = datetime.now(UTC)
+    assert migrate(database.url, SQL_DIR).applied == ("0017_open_hour_energy.sql",)
+    after = datetime.now(UTC)
+    with database.connect() as conn:
+        (kept,) = conn.execute("SELECT from_hour FROM telemetry.open_hours_kept").fetchone()
+        assert kept in {(t + timedelta(minutes=15)).replace(minute=0, second=0, microsecond=0) + HOUR
+                        for t in (before, after)}
+        assert conn.execute("SELECT telemetry.open_hours_complete_from()").fetchone()[0] == kept
+        assert _open_rows(conn, "meter") == []

@@ -56,6 +56,9 @@ CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, O
 LANGUAGE plpgsql AS $$
 DECLARE
     staged bigint;
+    -- Read once (a function in the filter would run for every reading).
+    open_from constant timestamptz := CASE WHEN telemetry.aggregates_maintained_by_ingest() THEN 'infinity'
+                                           ELSE telemetry.open_hours_from('meter') END;
 BEGIN
     WITH ins AS (
         INSERT INTO telemetry.meter_readings AS r (meter_id, time, kwh_consumed_ac, voltage)
@@ -88,7 +91,7 @@ BEGIN
         INSERT INTO telemetry.meter_energy_open
         SELECT meter_id, time_bucket(INTERVAL '1 hour', time), sum(kwh_consumed_ac), sum(voltage), count(*)
         FROM ins
-        WHERE time >= telemetry.open_hours_from('meter') AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time >= open_from
         GROUP BY 1, 2
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.meter_staging)
@@ -101,6 +104,9 @@ CREATE OR REPLACE FUNCTION telemetry.ingest_vehicle_staging(OUT inserted bigint,
 LANGUAGE plpgsql AS $$
 DECLARE
     staged bigint;
+    -- Read once (a function in the filter would run for every reading).
+    open_from constant timestamptz := CASE WHEN telemetry.aggregates_maintained_by_ingest() THEN 'infinity'
+                                           ELSE telemetry.open_hours_from('vehicle') END;
 BEGIN
     WITH ins AS (
         INSERT INTO telemetry.vehicle_readings AS r (vehicle_id, time, soc, kwh_delivered_dc, battery_temp)
@@ -134,7 +140,7 @@ BEGIN
         INSERT INTO telemetry.vehicle_energy_open
         SELECT vehicle_id, time_bucket(INTERVAL '1 hour', time), sum(kwh_delivered_dc), sum(battery_temp), count(*)
         FROM ins
-        WHERE time >= telemetry.open_hours_from('vehicle') AND NOT telemetry.aggregates_maintained_by_ingest()
+        WHERE time >= open_from
         GROUP BY 1, 2
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM pg_temp.vehicle_staging)

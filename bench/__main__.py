@@ -147,6 +147,9 @@ def main() -> None:
             table.add_row(f"  … ending at the last whole hour, before its refresh (staged: ten-minute rows to "
                           f"{b['ten_minute_watermark'][11:16]}, hours to {b['hourly_watermark'][11:16]}{settled})",
                           str(b["p50_ms"]), str(b["p99_ms"]), str(b["requests_per_s"]))
+            w = b["without_open_hours"]
+            table.add_row("  … the same without the open-hour sums (ten-minute rows and raw readings, alternating)",
+                          str(w["p50_ms"]), str(w["p99_ms"]), str(w["requests_per_s"]))
         console.print(table)
         a = r["alert_evaluation"]
         opened = ", ".join(f"{n:,} {rule}" for rule, n in sorted(a["opened_by_rule"].items()))

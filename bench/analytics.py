@@ -291,6 +291,11 @@ SET built_to = greatest(built_from, least(built_to, time_bucket(INTERVAL '1 hour
 """)
 
 
+# Where the fleet starts reading the open-hour sums (sql/versioned/0017_open_hour_energy.sql): NULL,
+# as in a database created with them, or an hour that makes them unread.
+_OPEN_HOURS_KEPT = "UPDATE telemetry.open_hours_kept SET from_hour = coalesce(%(from_hour)s::timestamptz, '-infinity')"
+
+
 def _same(a: object, b: object) -> bool:
     """Equal answers, floats to 1e-9 relative (sums taken in another order)."""
     if isinstance(a, float) and isinstance(b, float):
@@ -305,12 +310,14 @@ def _same(a: object, b: object) -> bool:
 def _fleet_before_refresh(url: str, window: dict, params: dict, repeats: int = 10) -> dict:
     """The fleet over 24 whole hours ending at the last whole hour, as it reads in the first minutes
     after that hour closes, before the refresh job has materialized it: its last hour from the
-    open-hour sums. Staged inside a rolled-back transaction (Community only); the answer must equal
-    the one read from the running sums."""
+    open-hour sums, and (alternating with it, under "without_open_hours") as it read without them,
+    from ten-minute rows and the last ten minutes of raw readings. Staged inside a rolled-back
+    transaction (Community only); both answers must equal the one read from the running sums."""
     if edition(url) != "community":
         return {"skipped": "Apache edition: no refresh job, the aggregate tables are exact at once"}
     query = {**window, **params}
     latencies: list[float] = []
+    without: list[float] = []
     # The watermarks are read at run time (telemetry.aggregate_watermark() is no constant the planner
     # could fold into a cached plan), so the queries see the staged ones; the staging is rolled back.
     with psycopg.connect(url, autocommit=True) as conn:
@@ -326,12 +333,18 @@ def _fleet_before_refresh(url: str, window: dict, params: dict, repeats: int = 1
             marks = conn.execute(_MARKS).fetchone()
             staged = conn.execute(analytics.FLEET_SQL, query).fetchall()  # also the warm-up
             for _ in range(repeats):
-                t0 = time.perf_counter()
-                conn.execute(analytics.FLEET_SQL, query).fetchall()
-                latencies.append(time.perf_counter() - t0)
+                for side in (latencies, without):
+                    # The open-hour sums switched off (read from an hour after the window) or on.
+                    conn.execute(_OPEN_HOURS_KEPT, {"from_hour": window["to"] if side is without else None})
+                    t0 = time.perf_counter()
+                    answer = conn.execute(analytics.FLEET_SQL, query).fetchall()
+                    side.append(time.perf_counter() - t0)
+                    if not _same(answer, settled):
+                        raise AssertionError(f"the fleet before the refresh differs from the fleet after it: "
+                                             f"{answer} != {settled}")
     if not _same(staged, settled):
         raise AssertionError(f"the fleet before the refresh differs from the fleet after it: {staged} != {settled}")
-    return {**_stats(latencies, sum(latencies)),
+    return {**_stats(latencies, sum(latencies)), "without_open_hours": _stats(without, sum(without)),
             "ten_minute_watermark": marks[0].isoformat(), "hourly_watermark": marks[1].isoformat(),
             "running_sums_to": marks[2].isoformat(),
             # False: the job had not yet built the window's last hour when measured, so the other

@@ -15,7 +15,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from api.settings import Settings
 from tests.fix_api import Keys
-from tests.fix_db import app_url
+from tests.fix_db import app_url, ingest_rows
 from api.ops.maintenance import run_refresh_policies
 from tests.fix_reference import LinkPeriod, MeterRow, Store, VehicleRow, dedupe
 from tests.fix_readings import iso
@@ -406,3 +406,25 @@ def test_retention_drops_ten_minute_rows_with_the_raw_readings_and_keeps_the_hou
     assert _ten_minute_rows(conn, recent, recent + HOUR) == 12
     after = client.get("/v1/analytics/performance/V-1", params=window, headers=Keys.header(keys.read)).json()
     assert after == before and after["meterReadings"] == 60 and close(after["acConsumedKwh"], 30.0)
+
+
+def test_an_hour_whose_last_minutes_are_quiet_is_read_whole(conn, edition: str) -> None:
+    """TimescaleDB's ten-minute watermark stops at the last slot that held readings; the hourly one,
+    refreshed by the same job right after it, shows the later slots were refreshed too: a window of
+    whole hours ending after such an hour reads it as one row, not as ten-minute rows and raw readings."""
+    if edition == "apache":
+        pytest.skip("the Apache edition reads its aggregate tables, always complete")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    ingest_rows(conn, meters=[("M-1", hour + timedelta(minutes=m), 0.5, 230.0) for m in range(45)])
+    run_refresh_policies(conn)
+    marks = conn.execute("SELECT telemetry.aggregate_watermark('telemetry.meter_energy_10m'),"
+                         " telemetry.aggregate_watermark('telemetry.meter_energy_hourly')").fetchone()
+    assert marks == (hour + timedelta(minutes=50), hour + HOUR)
+    day = hour.replace(hour=0)  # the running sums start on that day
+    cut = conn.execute("SELECT (c).tail_from, (c).tail_to, (c).run_plus FROM telemetry.window_cuts("
+                       "'meter', %s, %s) c", (day, hour + HOUR)).fetchone()
+    assert cut[0][:2] == cut[1][:2]  # no raw or ten-minute part
+    assert cut[2] == [hour]  # the hour's running sum
+    (kwh, readings) = conn.execute("SELECT kwh, readings FROM telemetry.device_energy('meter', 'M-1', %s, %s)",
+                                   (day, hour + HOUR)).fetchone()
+    assert (kwh, readings) == (pytest.approx(22.5, rel=1e-12), 45)

@@ -64,6 +64,16 @@ CREATE TYPE telemetry.window_cut AS (
     head_from timestamptz[], head_to timestamptz[], tail_from timestamptz[], tail_to timestamptz[],
     run_plus timestamptz[], run_minus timestamptz[], open_hours timestamptz[]);
 
+-- How far the ten-minute rows of a stream are materialized: TimescaleDB's watermark is the end of the
+-- last slot that held readings, so after a quiet stretch it stays behind what the refresh job has
+-- covered; the hourly watermark, refreshed by the same job right after it with the same end, shows
+-- that the ten-minute slots up to it were refreshed too (those after the ten-minute watermark had
+-- no readings then; a reading landing there later counts after the next run, as any late one).
+CREATE OR REPLACE FUNCTION telemetry.ten_minute_mark(aggregates regclass[]) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(telemetry.aggregate_watermark(aggregates[1]), telemetry.aggregate_watermark(aggregates[2]))
+$$;
+
 -- The cuts of [p_from, p_to). Going up from level to level, the current ends x <= y move to the
 -- nearest boundaries X <= Y of the next level; W(x, X) and W(Y, y) stay at the current level, and
 -- the middle W(X, Y) goes on up; the last level used holds the middle as its head. A level is not
@@ -105,7 +115,7 @@ BEGIN
     IF p_open AND p_coarse THEN
         SELECT * INTO running FROM telemetry.energy_running_range WHERE stream = p_stream;
         y := time_bucket(INTERVAL '1 hour', p_to);
-        mark := telemetry.aggregate_watermark(aggregates[1]);
+        mark := telemetry.ten_minute_mark(aggregates);
         IF p_from <= running.built_to AND y > running.built_to
            AND running.built_to >= telemetry.open_hours_complete_from()
            AND running.built_to <= least(mark, telemetry.aggregate_watermark(aggregates[2])) THEN
@@ -148,7 +158,8 @@ BEGIN
         nx := time_bucket(widths[k], x + widths[k] / 2);
         ny := time_bucket(widths[k], y + widths[k] / 2);
         EXIT WHEN nx >= ny;
-        mark := telemetry.aggregate_watermark(aggregates[k]);
+        mark := CASE k WHEN 1 THEN telemetry.ten_minute_mark(aggregates)
+                       ELSE telemetry.aggregate_watermark(aggregates[k]) END;
         limit_ := least(mark, level_mark);
         IF ny > limit_ THEN
             CONTINUE WHEN NOT isfinite(limit_);

@@ -118,7 +118,7 @@ BEGIN
         mark := telemetry.ten_minute_mark(aggregates);
         IF p_from <= running.built_to AND y > running.built_to
            AND running.built_to >= telemetry.open_hours_complete_from()
-           AND running.built_to <= least(mark, telemetry.aggregate_watermark(aggregates[2])) THEN
+           AND running.built_to <= telemetry.aggregate_watermark(aggregates[2]) THEN
             -- Up to built_to as usual: at its hour boundary, inside both watermarks, nothing of it
             -- is read at the raw and ten-minute levels' tails, which then carry what follows y.
             cut := telemetry.window_cuts(p_stream, p_from, running.built_to, p_coarse);

@@ -180,6 +180,10 @@ def open_hours_cost(devices: int, batches: int, batch_size: int) -> dict:
                 "SELECT pg_get_functiondef('telemetry.ingest_meter_staging()'::regprocedure)").fetchone()
             without, cut = _OPEN_STEP.subn(")", definition)
             assert cut == 1, "the open-hour step of telemetry.ingest_meter_staging() was not found"
+            without = without.replace("telemetry.open_hours_from('meter')", "'infinity'")  # its bound unread too
+            # No refresh job here: it would move the running sums' end into these minutes mid-run.
+            conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+                         " WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates'")
             conn.execute(without.replace("telemetry.ingest_meter_staging", "pg_temp.ingest_meter_without_open_hours"))
             conn.execute("SELECT telemetry.prepare_staging()")
             functions = {"with": "telemetry.ingest_meter_staging", "without": "pg_temp.ingest_meter_without_open_hours"}

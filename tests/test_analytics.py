@@ -409,9 +409,9 @@ def test_retention_drops_ten_minute_rows_with_the_raw_readings_and_keeps_the_hou
 
 
 def test_an_hour_whose_last_minutes_are_quiet_is_read_whole(conn, edition: str) -> None:
-    """TimescaleDB's ten-minute watermark stops at the last slot that held readings; the hourly one,
-    refreshed by the same job right after it, shows the later slots were refreshed too: a window of
-    whole hours ending after such an hour reads it as one row, not as ten-minute rows and raw readings."""
+    """TimescaleDB's ten-minute watermark stops at the last slot that held readings; the refresh job
+    records how far it refreshed the slots: a window of whole hours ending after such an hour reads
+    it as one row, not as ten-minute rows and raw readings."""
     if edition == "apache":
         pytest.skip("the Apache edition reads its aggregate tables, always complete")
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
@@ -428,3 +428,11 @@ def test_an_hour_whose_last_minutes_are_quiet_is_read_whole(conn, edition: str) 
     (kwh, readings) = conn.execute("SELECT kwh, readings FROM telemetry.device_energy('meter', 'M-1', %s, %s)",
                                    (day, hour + HOUR)).fetchone()
     assert (kwh, readings) == (pytest.approx(22.5, rel=1e-12), 45)
+    # Ten-minute rows refreshed only to 10 minutes before the hour's end (the hourly aggregate was
+    # refreshed further, by hand, say): the hour's last slot is read from the raw readings again.
+    conn.execute("UPDATE telemetry.ten_minute_refreshed SET refreshed_to = %s", (hour + timedelta(minutes=50),))
+    cut = conn.execute("SELECT (c).tail_from, (c).tail_to FROM telemetry.window_cuts('meter', %s, %s) c",
+                       (day, hour + HOUR)).fetchone()
+    assert (cut[0][0], cut[1][0]) == (hour + timedelta(minutes=50), hour + HOUR)
+    assert conn.execute("SELECT kwh, readings FROM telemetry.device_energy('meter', 'M-1', %s, %s)",
+                        (day, hour + HOUR)).fetchone() == (pytest.approx(22.5, rel=1e-12), 45)

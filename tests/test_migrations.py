@@ -56,12 +56,14 @@ def test_migrations_build_the_schema_from_an_empty_database(empty_database: Data
          "0008_retention_settings.sql", "0009_chained_refresh.community.sql", "0010_one_vehicle_per_meter.sql",
          "0011_alerts.sql", "0012_broker_credentials.sql", "0013_ten_minute_meter_energy.community.sql",
          "0014_ten_minute_vehicle_energy.community.sql", "0015_running_energy.sql",
-         "0016_refresh_every_minute.community.sql", "0017_open_hour_energy.sql")
+         "0016_refresh_every_minute.community.sql", "0017_open_hour_energy.sql",
+         "0018_ten_minute_refreshed.sql")
         if empty_database.edition == "community"
         else ("0001_readings.sql", "0002_energy_aggregates.apache.sql", "0004_energygrid.sql",
               "0007_six_hour_aggregates.apache.sql", "0008_retention_settings.sql",
               "0010_one_vehicle_per_meter.sql", "0011_alerts.sql", "0012_broker_credentials.sql",
-              "0013_ten_minute_energy.apache.sql", "0015_running_energy.sql", "0017_open_hour_energy.sql")
+              "0013_ten_minute_energy.apache.sql", "0015_running_energy.sql", "0017_open_hour_energy.sql",
+              "0018_ten_minute_refreshed.sql")
     )
     with empty_database.connect() as conn:
         ledger = conn.execute("SELECT version, name, edition FROM telemetry.schema_migrations ORDER BY 1").fetchall()

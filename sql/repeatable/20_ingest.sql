@@ -43,13 +43,15 @@ LANGUAGE sql STABLE AS $$
                     time_bucket(INTERVAL '1 hour', p_now - INTERVAL '1 day'))
 $$;
 
--- The first hour from which the open-hour sums hold every reading: a day back, and not before the
--- ingest began to keep them (telemetry.open_hours_kept).
+-- The first hour from which the open-hour sums hold every reading: within the day, and not before the
+-- ingest began to keep them (telemetry.open_hours_kept). An hour inside the day bound, as a writer
+-- whose transaction started up to an hour after the reader's (statements are capped at 30 s) or the
+-- job's fold may keep or drop a day back from its own clock.
 CREATE OR REPLACE FUNCTION telemetry.open_hours_complete_from(p_now timestamptz DEFAULT now())
 RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT greatest((SELECT k.from_hour FROM telemetry.open_hours_kept k),
-                    time_bucket(INTERVAL '1 hour', p_now - INTERVAL '1 day'))
+                    time_bucket(INTERVAL '1 hour', p_now - INTERVAL '1 day') + INTERVAL '1 hour')
 $$;
 
 CREATE OR REPLACE FUNCTION telemetry.ingest_meter_staging(OUT inserted bigint, OUT duplicates bigint)

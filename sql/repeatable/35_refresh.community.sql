@@ -149,6 +149,12 @@ BEGIN
         -- hour's readings are all still there.
         CALL refresh_continuous_aggregate(agg, time_bucket(INTERVAL '1 hour', refreshed_at - keep.raw_readings),
                                           refreshed_at - margin);
+        INSERT INTO telemetry.ten_minute_refreshed AS r (stream, refreshed_to)
+        SELECT s.stream, refreshed_at - margin
+        FROM (VALUES ('meter', 'telemetry.meter_energy_10m'::regclass),
+                     ('vehicle', 'telemetry.vehicle_energy_10m'::regclass)) AS s(stream, aggregate)
+        WHERE s.aggregate = agg
+        ON CONFLICT (stream) DO UPDATE SET refreshed_to = greatest(r.refreshed_to, excluded.refreshed_to);
         COMMIT;
     END LOOP;
     PERFORM telemetry.update_energy_running('meter', seen);

@@ -66,12 +66,14 @@ CREATE TYPE telemetry.window_cut AS (
 
 -- How far the ten-minute rows of a stream are materialized: TimescaleDB's watermark is the end of the
 -- last slot that held readings, so after a quiet stretch it stays behind what the refresh job has
--- covered; the hourly watermark, refreshed by the same job right after it with the same end, shows
--- that the ten-minute slots up to it were refreshed too (those after the ten-minute watermark had
--- no readings then; a reading landing there later counts after the next run, as any late one).
-CREATE OR REPLACE FUNCTION telemetry.ten_minute_mark(aggregates regclass[]) RETURNS timestamptz
+-- refreshed (versioned/0018_ten_minute_refreshed.sql); the slots before that end were refreshed too,
+-- without readings then (one landing there later counts after the next run, as any late one).
+DROP FUNCTION IF EXISTS telemetry.ten_minute_mark(regclass[]);
+CREATE OR REPLACE FUNCTION telemetry.ten_minute_mark(p_stream text, aggregate regclass) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    SELECT greatest(telemetry.aggregate_watermark(aggregates[1]), telemetry.aggregate_watermark(aggregates[2]))
+    SELECT greatest(telemetry.aggregate_watermark(aggregate),
+                    (SELECT time_bucket(INTERVAL '10 minutes', r.refreshed_to)
+                     FROM telemetry.ten_minute_refreshed r WHERE r.stream = p_stream))
 $$;
 
 -- The cuts of [p_from, p_to). Going up from level to level, the current ends x <= y move to the
@@ -115,7 +117,7 @@ BEGIN
     IF p_open AND p_coarse THEN
         SELECT * INTO running FROM telemetry.energy_running_range WHERE stream = p_stream;
         y := time_bucket(INTERVAL '1 hour', p_to);
-        mark := telemetry.ten_minute_mark(aggregates);
+        mark := telemetry.ten_minute_mark(p_stream, aggregates[1]);
         IF p_from <= running.built_to AND y > running.built_to
            AND running.built_to >= telemetry.open_hours_complete_from()
            AND running.built_to <= telemetry.aggregate_watermark(aggregates[2]) THEN
@@ -158,7 +160,7 @@ BEGIN
         nx := time_bucket(widths[k], x + widths[k] / 2);
         ny := time_bucket(widths[k], y + widths[k] / 2);
         EXIT WHEN nx >= ny;
-        mark := CASE k WHEN 1 THEN telemetry.ten_minute_mark(aggregates)
+        mark := CASE k WHEN 1 THEN telemetry.ten_minute_mark(p_stream, aggregates[1])
                        ELSE telemetry.aggregate_watermark(aggregates[k]) END;
         limit_ := least(mark, level_mark);
         IF ny > limit_ THEN

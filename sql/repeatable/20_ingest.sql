@@ -150,4 +150,3 @@ BEGIN
     FROM (SELECT count(*) FROM energy) e;
     duplicates := staged - inserted;
 END $$;
-

@@ -112,6 +112,8 @@ CREATE OR REPLACE FUNCTION telemetry.compact_open_hours(p_stream text) RETURNS b
 LANGUAGE plpgsql AS $$
 DECLARE
     n bigint;
+    -- Read once, not for every row folded (about 2 million a minute at 100x).
+    keep_from constant timestamptz := telemetry.open_hours_from(p_stream);
 BEGIN
     EXECUTE format($q$
         WITH gone AS (
@@ -120,11 +122,12 @@ BEGIN
         INSERT INTO telemetry.%1$s_energy_open
         SELECT %2$I, bucket, sum(%3$I), sum(%4$I), sum(readings)
         FROM gone
-        WHERE bucket >= telemetry.open_hours_from(%1$L)
+        WHERE bucket >= $1
         GROUP BY 1, 2
         ORDER BY 2, 1$q$, p_stream, p_stream || '_id',
         CASE p_stream WHEN 'meter' THEN 'kwh_consumed_ac' ELSE 'kwh_delivered_dc' END,
-        CASE p_stream WHEN 'meter' THEN 'voltage_sum' ELSE 'battery_temp_sum' END);
+        CASE p_stream WHEN 'meter' THEN 'voltage_sum' ELSE 'battery_temp_sum' END)
+    USING keep_from;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;

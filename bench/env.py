@@ -11,13 +11,22 @@ from api.server.process import ApiProcess, free_port  # noqa: F401  (the benchma
 from api.settings import Settings
 
 
+def _admin_url() -> str:
+    base = conninfo_to_dict(Settings.from_env().owner_database_url)
+    return make_conninfo(**{**base, "dbname": "postgres"})
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(_admin_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def fresh_database(name: str) -> str:
     """Drop and recreate database `name` on the configured server, migrate it, return its URL."""
     settings = Settings.from_env()
     base = conninfo_to_dict(settings.owner_database_url)
-    admin = make_conninfo(**{**base, "dbname": "postgres"})
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(name)
+    with psycopg.connect(_admin_url(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(**{**base, "dbname": name})
     migrate(url, settings.sql_path)

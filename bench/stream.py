@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from api.stream.broker import SET_BROKER_HASH_SQL, broker_hash
 from api.stream.log import CONSUMER
 from api.stream.process import NatsServer, WriterProcess
-from bench.env import ApiProcess, create_key, fresh_database
+from bench.env import ApiProcess, create_key, drop_database, fresh_database
 
 STREAM = "TELEMETRY"  # the log's stream under the default settings (STREAM_NAME)
 DATABASE = f"telemetry_bench_stream_{os.getpid()}"  # two benches at once do not drop each other's
@@ -199,7 +199,10 @@ def _loadgen(api: ApiProcess, key: str, url: str, nats_server: NatsServer, trans
 
 def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: int, speedup: float, duration: str,
               batch_size: int, concurrency: int, tmp: Path, report_every: int = 1) -> dict:
-    url = fresh_database(DATABASE)
+    # A database of its own, dropped once verified: a path that fails its verification leaves its
+    # database for a look at what went wrong (its name is in the results).
+    database = f"{DATABASE}_{transport.replace('-', '_')}_{writers}w_{report_every}m"
+    url = fresh_database(database)
     key = _ingest_key(url, nats_server)
     procs = [WriterProcess(url, nats_server.url) for _ in range(writers)]
     try:
@@ -216,7 +219,10 @@ def _one_path(nats_server: NatsServer, transport: str, writers: int, devices: in
     drain_s = run.get("drain", {}).get("wait_s", 0.0)
     elapsed = run.get("elapsed_s", 0.0) + drain_s
     verification = run.get("verification", {})
+    if verification.get("passed"):
+        drop_database(database)
     return {
+        "kept_database": None if verification.get("passed") else database,
         "transport": transport, "writers": writers, "report_every_min": report_every, "sent": run.get("sent"),
         "failed": run.get("failed"),
         "errors_by_status": run.get("errors_by_status"), "sender_rows_per_s": run.get("rows_per_s"),
@@ -542,7 +548,7 @@ def print_tables(console, r: dict) -> None:
                       str(p["drain_after_run_s"]) if p["writers"] else "",
                       str(lag.get("p50_s", "")), str(lag.get("p99_s", "")),
                       str((p["request_latency_ms"] or {}).get("p99", "")), f"{p['failed'] or 0:,}",
-                      "passed" if p["verified"] else "FAILED")
+                      "passed" if p["verified"] else f"FAILED (database kept: {p['kept_database']})")
     console.print(table)
     table = Table(title="CPU by role while the devices send (the load generator's run, drain excluded), in cores of "
                         f"the machine's {os.cpu_count()}")

@@ -46,6 +46,63 @@ def _refresh_aggregates(database_url: str) -> bool:
             time.sleep(1)
 
 
+# Per device and ten-minute slot before the slots the reads take as materialized (telemetry.ten_minute_mark):
+# the raw readings against the ten-minute rows. Any difference is a reading the aggregate answers miss
+# (or count twice) until a refresh mends the slot.
+_SLOT_GAPS = """
+WITH mark AS (SELECT telemetry.ten_minute_mark(%(stream)s, %(aggregate)s::regclass) AS at),
+raw AS (SELECT {column} AS device, time_bucket(INTERVAL '10 minutes', time) AS slot, count(*) AS n
+        FROM telemetry.{stream}_readings, mark WHERE {column} = ANY(%(devices)s) AND time < mark.at GROUP BY 1, 2),
+rows_ AS (SELECT {column} AS device, bucket AS slot, readings AS n
+          FROM telemetry.{stream}_energy_10m_materialized, mark WHERE {column} = ANY(%(devices)s) AND bucket < mark.at)
+SELECT device, slot, coalesce(raw.n, 0), coalesce(rows_.n, 0)
+FROM raw FULL JOIN rows_ USING (device, slot) WHERE raw.n IS DISTINCT FROM rows_.n ORDER BY slot, device"""
+
+# Invalidations TimescaleDB has logged and no refresh has processed yet (Community): those of the raw
+# readings' hypertable and those moved on to its ten-minute aggregate.
+_PENDING = """
+SELECT (SELECT count(*) FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l
+        JOIN _timescaledb_catalog.hypertable h ON h.id = l.hypertable_id
+        WHERE h.schema_name = 'telemetry' AND h.table_name = %(stream)s || '_readings')
+     + (SELECT count(*) FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l
+        JOIN _timescaledb_catalog.continuous_agg a ON a.mat_hypertable_id = l.materialization_id
+        WHERE a.user_view_schema = 'telemetry' AND a.user_view_name = %(stream)s || '_energy_10m'
+          AND l.greatest_modified_value < 9223372036854775807 AND l.lowest_modified_value > -210866803200000000)"""
+
+
+def aggregate_gaps(conn: psycopg.Connection, stream: str, devices: list[str]) -> list[tuple[str, datetime, int, int]]:
+    """(device, slot, raw readings, readings in the ten-minute row) wherever the two differ, before the
+    slots the reads take as materialized."""
+    column = "meter_id" if stream == "meter" else "vehicle_id"
+    return conn.execute(_SLOT_GAPS.format(stream=stream, column=column),
+                        {"stream": stream, "aggregate": f"telemetry.{stream}_energy_10m", "devices": devices}).fetchall()
+
+
+def _diagnose(database_url: str, api: httpx.Client, window: dict, wrong: dict[str, tuple[float, float]]) -> str:
+    """What lies behind per-vehicle analytics that differ from the generated energy: the slots whose
+    ten-minute rows differ from the raw readings, the invalidations still pending, and whether one more
+    refresh mends the answers (a reading counted late) or not (one the aggregates lost)."""
+    vehicles = sorted(wrong)
+    meters = [meter_id(int(v.split("-")[1])) for v in vehicles]
+    with psycopg.connect(database_url) as conn:
+        gaps = aggregate_gaps(conn, "vehicle", vehicles) + aggregate_gaps(conn, "meter", meters)
+        pending = None
+        if conn.execute("SELECT current_setting('timescaledb.license', true) = 'timescale'").fetchone()[0]:
+            pending = sum(conn.execute(_PENDING, {"stream": s}).fetchone()[0] for s in ("meter", "vehicle"))
+    shown = "; ".join(f"{d} {slot:%H:%M}: {raw} raw, {rows} in the ten-minute row" for d, slot, raw, rows in gaps[:6])
+    mended = 0
+    if _refresh_aggregates(database_url):
+        for vehicle in vehicles:
+            got = api.get(f"/v1/analytics/performance/{vehicle}", params=window).json()
+            want_ac, want_dc = wrong[vehicle]
+            mended += _same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)
+    return (f"diagnosis of the {len(vehicles)} vehicles whose analytics differ: "
+            f"{len(gaps)} ten-minute slots differ from the raw readings ({shown or 'none'})"
+            + ("" if pending is None else f", {pending} invalidations pending")
+            + f"; after one more refresh {mended} of {len(vehicles)} answer right "
+            + ("(counted late, not lost)" if mended == len(vehicles) else "(the aggregates miss readings)"))
+
+
 def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: range,
            generated: dict[str, tuple[int, float]], inserted: int | None, failed: int, ambiguous: int,
            charged_faulty: set[str]) -> list[str]:
@@ -86,6 +143,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
     # Per vehicle: every planted faulty charger and a sample of the others.
     ours = [vehicle_id(i) for i in devices]
     sample = sorted(charged_faulty) + ours[:: max(1, len(devices) // 50)]
+    wrong: dict[str, tuple[float, float]] = {}
     for vehicle in dict.fromkeys(sample):
         answer = api.get(f"/v1/analytics/performance/{vehicle}", params=window)
         if answer.status_code != 200:
@@ -95,11 +153,14 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
         index = int(vehicle.split("-")[1])
         want_ac, want_dc = generated.get(meter_id(index), (0, 0.0))[1], generated.get(vehicle, (0, 0.0))[1]
         if not (_same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)):
+            wrong[vehicle] = (want_ac, want_dc)
             problems.append(f"{vehicle}: analytics AC/DC {got['acConsumedKwh']}/{got['dcDeliveredKwh']} kWh, "
                             f"generated {want_ac}/{want_dc}"
                             + ("" if refreshed else " (aggregates not refreshed: this role may not run the job)"))
         if (got["verdict"] == "faulty") != (vehicle in charged_faulty):
             problems.append(f"{vehicle}: verdict {got['verdict']} (planted faulty: {vehicle in charged_faulty})")
+    if wrong and refreshed:  # first, so that a report cut to its first problems still carries it
+        problems.insert(0, _diagnose(database_url, api, window, wrong))
 
     fleet = api.get("/v1/analytics/fleet", params={**window, "worst": 1000})
     if fleet.status_code != 200:

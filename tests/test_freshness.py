@@ -16,7 +16,15 @@ from tests.fix_readings import iso
 DAY = timedelta(days=1)
 # Three whole UTC days, the last ending at today's midnight.
 D0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - 3 * DAY
-LATE_AT = D0 + DAY + timedelta(hours=12, minutes=5)  # "yesterday", off the 10-minute grid of the history
+# Late readings "yesterday": off the 10-minute grid of the history, and on the first instant of a
+# ten-minute slot, an hour, a six-hour block and a day: an invalidation that is a single instant at a
+# bucket's start is the case TimescaleDB's batched refresh was reported to leave unmaterialized (issue
+# 10221, fixed in 2.29).
+LATE_AT = {"off the grid": D0 + DAY + timedelta(hours=12, minutes=7),
+           "a slot's start": D0 + DAY + timedelta(hours=12, minutes=10),
+           "an hour's start": D0 + DAY + timedelta(hours=13),
+           "a six-hour block's start": D0 + DAY + timedelta(hours=18),
+           "a day's start": D0 + 2 * DAY}
 
 
 def _run_jobs_due_within_a_minute(conn: psycopg.Connection) -> int:
@@ -70,7 +78,7 @@ def _answers(client: TestClient, key: str) -> dict[str, float]:
     return {
         "three days": performance(D0, D0 + 3 * DAY),
         "six-hour blocks": performance(D0 + DAY + timedelta(hours=6), D0 + 2 * DAY + timedelta(hours=6)),
-        # Edges inside ten-minute slots: the late reading's slot row, less two minutes of raw readings.
+        # Edges inside ten-minute slots: the late readings' slot rows, less two minutes of raw readings.
         "ten-minute edges": performance(D0 + DAY + timedelta(hours=12, minutes=2),
                                         D0 + 2 * DAY + timedelta(hours=12, minutes=3)),
         "hourly series": series("1h"),
@@ -79,11 +87,12 @@ def _answers(client: TestClient, key: str) -> dict[str, float]:
     }
 
 
+@pytest.mark.parametrize("late_at", LATE_AT.values(), ids=LATE_AT.keys())
 def test_a_late_reading_counts_in_multi_day_answers_as_soon_as_in_hourly_ones(
-        client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str) -> None:
+        client: TestClient, keys: Keys, conn: psycopg.Connection, edition: str, late_at: datetime) -> None:
     assert client.put("/v1/vehicles/V-1/meter", json={"meterId": "M-1"},
                       headers=Keys.header(keys.ingest)).status_code == 200
-    history = [D0 + timedelta(minutes=10 * i) for i in range(3 * 24 * 6)]
+    history = [D0 + timedelta(minutes=10 * i + 5) for i in range(3 * 24 * 6)]  # none at a late reading's time
     _send(client, keys.ingest,
           [{"meterId": "M-1", "kwhConsumedAc": 0.5, "voltage": 230, "timestamp": iso(t)} for t in history]
           + [{"vehicleId": "V-1", "soc": 50, "kwhDeliveredDc": 0.45, "batteryTemp": 30, "timestamp": iso(t)}
@@ -94,7 +103,7 @@ def test_a_late_reading_counts_in_multi_day_answers_as_soon_as_in_hourly_ones(
     assert before["six-hour blocks"] == pytest.approx(0.5 * 24 * 6, rel=1e-12)
     assert set(before.values()) == {before["three days"], before["six-hour blocks"]}
 
-    _send(client, keys.ingest, [{"meterId": "M-1", "kwhConsumedAc": 5.0, "voltage": 230, "timestamp": iso(LATE_AT)}])
+    _send(client, keys.ingest, [{"meterId": "M-1", "kwhConsumedAc": 5.0, "voltage": 230, "timestamp": iso(late_at)}])
     if edition == "community":
         # Until the refresh runs, the reading is in no materialized row: every answer is as before.
         assert _answers(client, keys.read) == before

@@ -18,7 +18,12 @@ from rich.console import Console
 from loadgen.fleet import Fleet, Mess
 from loadgen.run import RunOptions, parse_duration, run, send_offset
 from loadgen.sender import JITTER_S, Sender, Stats
+from loadgen.verify import _REFRESH_JOBS as REFRESH_JOBS
+from loadgen.verify import _diagnose, aggregate_gaps
+from tests.fix_api import Keys
+from tests.fix_db import ingest_rows
 from tests.fix_loadgen import loadgen_options
+from tests.fix_readings import iso
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -272,3 +277,44 @@ def test_planted_faulty_chargers_and_silenced_devices_open_exactly_their_alerts(
                                    "GROUP BY rule").fetchall())
     assert opened["faulty_charger"] == alerts["faulty_charger"]
     assert opened["device_silent"] == len(report["silent_devices"])
+
+
+def test_the_diagnosis_names_the_slots_whose_ten_minute_rows_differ_from_the_raw_readings(
+        client, keys, conn, edition) -> None:
+    """What a failed verification reports about per-vehicle answers that are off: the ten-minute slots
+    whose rows differ from the raw readings, the invalidations pending, and whether one more refresh
+    mends the answers. A ten-minute row made to miss a reading stands for a reading the aggregates lost."""
+    assert client.put("/v1/vehicles/EV-00001/meter", json={"meterId": "MTR-00001"},
+                      headers=Keys.header(keys.ingest)).status_code == 200
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    times = [hour + timedelta(minutes=m) for m in range(60)]
+    ingest_rows(conn, meters=[("MTR-00001", t, 0.1, 230.0) for t in times],
+                vehicles=[("EV-00001", t, 50.0, 0.09, 30.0) for t in times])
+    if edition == "community":
+        for (job,) in conn.execute(REFRESH_JOBS).fetchall():
+            conn.execute("CALL run_job(%s)", (job,))
+    assert aggregate_gaps(conn, "vehicle", ["EV-00001"]) == []
+    assert aggregate_gaps(conn, "meter", ["MTR-00001"]) == []
+
+    slot = hour + timedelta(minutes=30)
+    rows = "telemetry.vehicle_energy_10m"
+    if edition == "community":  # the continuous aggregate's materialized hypertable
+        rows = "{}.{}".format(*conn.execute(
+            """SELECT h.schema_name, h.table_name FROM _timescaledb_catalog.continuous_agg a
+               JOIN _timescaledb_catalog.hypertable h ON h.id = a.mat_hypertable_id
+               WHERE a.user_view_schema = 'telemetry' AND a.user_view_name = 'vehicle_energy_10m'""").fetchone())
+    lost = conn.execute(f"UPDATE {rows} SET readings = readings - 1, kwh_delivered_dc = kwh_delivered_dc - 0.09 "
+                        "WHERE vehicle_id = 'EV-00001' AND bucket = %s", (slot,))
+    assert lost.rowcount == 1
+    assert aggregate_gaps(conn, "vehicle", ["EV-00001"]) == [("EV-00001", slot, 10, 9)]
+    assert aggregate_gaps(conn, "meter", ["MTR-00001"]) == []
+
+    client.headers.update(Keys.header(keys.read))
+    window = {"from": iso(slot), "to": iso(slot + timedelta(minutes=10))}
+    assert client.get("/v1/analytics/performance/EV-00001", params=window).json()["vehicleReadings"] == 9
+    diagnosis = _diagnose(conn.info.dsn, client, window, {"EV-00001": (1.0, 0.9)})
+    assert diagnosis == (
+        "diagnosis of the 1 vehicles whose analytics differ: 1 ten-minute slots differ from the raw readings "
+        f"(EV-00001 {slot:%H:%M}: 10 raw, 9 in the ten-minute row)"
+        + (", 0 invalidations pending" if edition == "community" else "")
+        + "; after one more refresh 0 of 1 answer right (the aggregates miss readings)")

@@ -105,6 +105,7 @@ def _diagnose(database_url: str, api: httpx.Client, window: dict, wrong: dict[st
     return (found + f"; after one more refresh {mended} of {len(vehicles)} answer right "
             + ("(counted late, not lost)" if mended == len(vehicles) else "(the aggregates miss readings)"))
 
+
 def verify(*, database_url: str, api: httpx.Client, start: datetime, end: datetime, devices: range,
            generated: dict[str, tuple[int, float]], inserted: int | None, failed: int, ambiguous: int,
            charged_faulty: set[str]) -> list[str]:

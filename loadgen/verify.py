@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -46,53 +46,68 @@ def _refresh_aggregates(database_url: str) -> bool:
             time.sleep(1)
 
 
-# Per device and ten-minute slot before the slots the reads take as materialized (telemetry.ten_minute_mark):
-# the raw readings against the ten-minute rows. Any difference is a reading the aggregate answers miss
-# (or count twice) until a refresh mends the slot.
-_SLOT_GAPS = """
-WITH mark AS (SELECT telemetry.ten_minute_mark(%(stream)s, %(aggregate)s::regclass) AS at),
-raw AS (SELECT {column} AS device, time_bucket(INTERVAL '10 minutes', time) AS slot, count(*) AS n
+# Per device and bucket of an aggregate level, before the buckets the reads take as materialized (the
+# ten-minute rows up to telemetry.ten_minute_mark, the hourly ones up to their watermark): the raw
+# readings against the level's rows. Any difference is a reading the answers that read that level
+# miss (or count twice) until a refresh mends the bucket.
+_GAPS = """
+WITH mark AS (SELECT {mark} AS at),
+raw AS (SELECT {column} AS device, time_bucket(%(width)s::interval, time) AS bucket, count(*) AS n
         FROM telemetry.{stream}_readings, mark WHERE {column} = ANY(%(devices)s) AND time < mark.at GROUP BY 1, 2),
-rows_ AS (SELECT {column} AS device, bucket AS slot, readings AS n
-          FROM telemetry.{stream}_energy_10m_materialized, mark WHERE {column} = ANY(%(devices)s) AND bucket < mark.at)
-SELECT device, slot, coalesce(raw.n, 0), coalesce(rows_.n, 0)
-FROM raw FULL JOIN rows_ USING (device, slot) WHERE raw.n IS DISTINCT FROM rows_.n ORDER BY slot, device"""
+rows_ AS (SELECT {column} AS device, bucket, readings AS n
+          FROM telemetry.{stream}_energy_{level}_materialized, mark WHERE {column} = ANY(%(devices)s) AND bucket < mark.at)
+SELECT device, bucket, coalesce(raw.n, 0), coalesce(rows_.n, 0)
+FROM raw FULL JOIN rows_ USING (device, bucket) WHERE raw.n IS DISTINCT FROM rows_.n ORDER BY bucket, device"""
+_LEVELS = {"10m": ("10 minutes", "telemetry.ten_minute_mark(%(stream)s, %(aggregate)s::regclass)"),
+           "hourly": ("1 hour", "telemetry.aggregate_watermark(%(aggregate)s::regclass)")}
 
-# Invalidations TimescaleDB has logged and no refresh has processed yet (Community): those of the raw
-# readings' hypertable and those moved on to its ten-minute aggregate.
+# What the refresh job has still to process for a stream (Community): invalidations TimescaleDB has
+# logged on the raw readings' hypertable or moved on to the stream's aggregates, and the hours the
+# ingest marked for the running sums to rebuild.
 _PENDING = """
 SELECT (SELECT count(*) FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l
         JOIN _timescaledb_catalog.hypertable h ON h.id = l.hypertable_id
         WHERE h.schema_name = 'telemetry' AND h.table_name = %(stream)s || '_readings')
      + (SELECT count(*) FROM _timescaledb_catalog.continuous_aggs_materialization_invalidation_log l
         JOIN _timescaledb_catalog.continuous_agg a ON a.mat_hypertable_id = l.materialization_id
-        WHERE a.user_view_schema = 'telemetry' AND a.user_view_name = %(stream)s || '_energy_10m'
-          AND l.greatest_modified_value < 9223372036854775807 AND l.lowest_modified_value > -210866803200000000)"""
+        WHERE a.user_view_schema = 'telemetry' AND a.user_view_name LIKE %(stream)s || '\\_energy\\_%%'
+          AND l.greatest_modified_value < 9223372036854775807 AND l.lowest_modified_value > -210866803200000000),
+       (SELECT count(*) FROM telemetry.energy_running_dirty WHERE stream = %(stream)s)"""
 
 
-def aggregate_gaps(conn: psycopg.Connection, stream: str, devices: list[str]) -> list[tuple[str, datetime, int, int]]:
-    """(device, slot, raw readings, readings in the ten-minute row) wherever the two differ, before the
-    slots the reads take as materialized."""
-    column = "meter_id" if stream == "meter" else "vehicle_id"
-    return conn.execute(_SLOT_GAPS.format(stream=stream, column=column),
-                        {"stream": stream, "aggregate": f"telemetry.{stream}_energy_10m", "devices": devices}).fetchall()
+def aggregate_gaps(conn: psycopg.Connection, stream: str, devices: list[str],
+                   level: str = "10m") -> list[tuple[str, datetime, int, int]]:
+    """(device, bucket, raw readings, readings in the level's row) wherever the two differ, before the
+    buckets the reads take as materialized; level is "10m" or "hourly"."""
+    if stream not in ("meter", "vehicle") or level not in _LEVELS:
+        raise ValueError(f"no {level} aggregate for stream {stream!r}")
+    width, mark = _LEVELS[level]
+    query = _GAPS.format(mark=mark, stream=stream, level=level, column=f"{stream}_id")
+    return conn.execute(query, {"stream": stream, "aggregate": f"telemetry.{stream}_energy_{level}", "width": width,
+                                "devices": devices}).fetchall()
 
 
 def _diagnose(database_url: str, api: httpx.Client, window: dict, wrong: dict[str, tuple[float, float]]) -> str:
-    """What lies behind per-vehicle analytics that differ from the generated energy: the slots whose
-    ten-minute rows differ from the raw readings, the invalidations still pending, and whether one more
-    refresh mends the answers (a reading counted late) or not (one the aggregates lost)."""
+    """What lies behind per-vehicle analytics that differ from the generated energy: the ten-minute
+    and hourly rows that differ from the raw readings, what the refresh job has still to process, and
+    whether one more run of it mends the answers (readings counted late) or not (readings the
+    aggregates lost)."""
     vehicles = sorted(wrong)
     meters = [meter_id(int(v.split("-")[1])) for v in vehicles]
     with psycopg.connect(database_url) as conn:
-        gaps = aggregate_gaps(conn, "vehicle", vehicles) + aggregate_gaps(conn, "meter", meters)
-        pending = None
-        if conn.execute("SELECT current_setting('timescaledb.license', true) = 'timescale'").fetchone()[0]:
-            pending = sum(conn.execute(_PENDING, {"stream": s}).fetchone()[0] for s in ("meter", "vehicle"))
-    shown = "; ".join(f"{d} {slot:%H:%M}: {raw} raw, {rows} in the ten-minute row" for d, slot, raw, rows in gaps[:6])
-    found = (f"diagnosis of the {len(vehicles)} vehicles whose analytics differ: "
-             f"{len(gaps)} ten-minute slots differ from the raw readings ({shown or 'none'})"
-             + ("" if pending is None else f", {pending} invalidations pending"))
+        gaps = {level: aggregate_gaps(conn, "vehicle", vehicles, level) + aggregate_gaps(conn, "meter", meters, level)
+                for level in _LEVELS}
+        community = conn.execute("SELECT current_setting('timescaledb.license', true) = 'timescale'").fetchone()[0]
+        pending = [conn.execute(_PENDING, {"stream": s}).fetchone() for s in ("meter", "vehicle")] if community else []
+    found = f"diagnosis of the {len(vehicles)} vehicles whose analytics differ: " + "; ".join(
+        f"{len(rows)} {level} rows differ from the raw readings ("
+        + (", ".join(f"{d} {b.astimezone(UTC):%Y-%m-%d %H:%MZ}: {raw} raw, {n} in the row"
+                     for d, b, raw, n in rows[:4]) or "none") + ")"
+        for level, rows in gaps.items())
+    if not community:
+        return found + "; the Apache edition's aggregate tables are written by the ingest: there is no refresh to run"
+    found += (f"; {sum(p[0] for p in pending)} invalidations and {sum(p[1] for p in pending)} hours of the "
+              "running sums pending")
     if not _refresh_aggregates(database_url):
         return found + "; one more refresh could not run"
     mended = 0
@@ -162,12 +177,24 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
                             + ("" if refreshed else " (aggregates not refreshed: this role may not run the job)"))
         if (got["verdict"] == "faulty") != (vehicle in charged_faulty):
             problems.append(f"{vehicle}: verdict {got['verdict']} (planted faulty: {vehicle in charged_faulty})")
-    if wrong and refreshed:  # first, so that a report cut to its first problems still carries it
-        problems.insert(0, _diagnose(database_url, api, window, wrong))
 
+    problems += _check_fleet(api, window, devices, ours, generated, charged_faulty)
+    if wrong and refreshed:  # last (its refresh would mend what the fleet checks must see), reported first
+        try:
+            problems.insert(0, _diagnose(database_url, api, window, wrong))
+        except (psycopg.Error, httpx.HTTPError) as exc:
+            problems.insert(0, f"the diagnosis of the vehicles whose analytics differ failed: {exc}")
+    return problems
+
+
+def _check_fleet(api: httpx.Client, window: dict, devices: range, ours: list[str],
+                 generated: dict[str, tuple[int, float]], charged_faulty: set[str]) -> list[str]:
+    """The fleet's faulty verdicts are the planted faulty chargers that charged, and (when the database
+    holds only this fleet) its totals equal the generated energy."""
+    problems: list[str] = []
     fleet = api.get("/v1/analytics/fleet", params={**window, "worst": 1000})
     if fleet.status_code != 200:
-        return problems + [f"GET /v1/analytics/fleet answered {fleet.status_code}: {fleet.text[:200]}"]
+        return [f"GET /v1/analytics/fleet answered {fleet.status_code}: {fleet.text[:200]}"]
     body = fleet.json()
     flagged = {v["vehicleId"] for v in body["worst"] if v["verdict"] == "faulty" and v["vehicleId"] in set(ours)}
     if flagged != charged_faulty:

@@ -18,6 +18,11 @@ def _same_energy(got: float, want: float) -> bool:
     return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)
 
 
+def _answers_right(got: dict, want_ac: float, want_dc: float) -> bool:
+    """A performance answer's AC and DC equal the generated energy."""
+    return _same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)
+
+
 # The platform's refresh job of the continuous aggregates (Community edition; none on Apache).
 _REFRESH_JOBS = """SELECT job_id FROM timescaledb_information.jobs
                    WHERE proc_schema = 'telemetry' AND proc_name = 'refresh_energy_aggregates' ORDER BY job_id"""
@@ -115,8 +120,7 @@ def _diagnose(database_url: str, api: httpx.Client, window: dict, wrong: dict[st
         answer = api.get(f"/v1/analytics/performance/{vehicle}", params=window)
         want_ac, want_dc = wrong[vehicle]
         if answer.status_code == 200:
-            got = answer.json()
-            mended += _same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)
+            mended += _answers_right(answer.json(), want_ac, want_dc)
     return (found + f"; after one more refresh {mended} of {len(vehicles)} answer right "
             + ("(counted late, not lost)" if mended == len(vehicles) else "(the aggregates miss readings)"))
 
@@ -170,7 +174,7 @@ def verify(*, database_url: str, api: httpx.Client, start: datetime, end: dateti
         got = answer.json()
         index = int(vehicle.split("-")[1])
         want_ac, want_dc = generated.get(meter_id(index), (0, 0.0))[1], generated.get(vehicle, (0, 0.0))[1]
-        if not (_same_energy(got["acConsumedKwh"], want_ac) and _same_energy(got["dcDeliveredKwh"], want_dc)):
+        if not _answers_right(got, want_ac, want_dc):
             wrong[vehicle] = (want_ac, want_dc)
             problems.append(f"{vehicle}: analytics AC/DC {got['acConsumedKwh']}/{got['dcDeliveredKwh']} kWh, "
                             f"generated {want_ac}/{want_dc}"

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from rich.console import Console
 
+from api.ops.maintenance import run_refresh_policies
 from loadgen.fleet import Fleet, Mess
 from loadgen.run import RunOptions, parse_duration, run, send_offset
 from loadgen.sender import JITTER_S, Sender, Stats
-from loadgen.verify import _REFRESH_JOBS as REFRESH_JOBS
 from loadgen.verify import _diagnose, aggregate_gaps
 from tests.fix_api import Keys
 from tests.fix_db import ingest_rows
@@ -292,9 +292,7 @@ def test_the_diagnosis_names_the_rows_that_differ_from_the_raw_readings_and_tell
     times = [hour + timedelta(minutes=m) for m in range(60)]
     ingest_rows(conn, meters=[("MTR-00001", t, 0.1, 230.0) for t in times],
                 vehicles=[("EV-00001", t, 50.0, 0.09, 30.0) for t in times])
-    if edition == "community":
-        for (job,) in conn.execute(REFRESH_JOBS).fetchall():
-            conn.execute("CALL run_job(%s)", (job,))
+    assert run_refresh_policies(conn) == (1 if edition == "community" else 0)
     for level in ("10m", "hourly"):
         assert aggregate_gaps(conn, "vehicle", ["EV-00001"], level) == []
         assert aggregate_gaps(conn, "meter", ["MTR-00001"], level) == []
